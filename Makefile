@@ -1,0 +1,25 @@
+# The two commands of the README:
+#   make demo   - set up, build the demo data set, train OPT-tiny on 2 CPU ranks (ZeRO-3)
+#   make test   - set up (with test extras), run the test suite
+# Both are idempotent: re-running only does what is missing.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-dev demo test clean-demo
+
+setup:
+	@scripts/setup_env.sh
+
+setup-dev:
+	@scripts/setup_env.sh dev
+
+demo: setup
+	@VENV=$(VENV) scripts/demo.sh
+
+test: setup-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf runs/demo

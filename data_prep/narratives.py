@@ -1,0 +1,92 @@
+"""The Localized Narratives record: parsing and validation of one JSONL line.
+
+Schema (https://google.github.io/localized-narratives/): ``dataset_id``,
+``image_id``, ``annotator_id`` (int), ``caption``, ``timed_caption`` (list of
+``{utterance, start_time, end_time}``), ``traces`` (list of lists of
+``{x, y, t}``), ``voice_recording`` (path relative to the recordings root).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# Other Localized Narratives subsets (COCO, Flickr30k, ADE20k) use other id
+# shapes; anything that is a safe single path component is accepted there.
+SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+class RecordError(ValueError):
+    """A narrative line that cannot become a sample; ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Narrative:
+    dataset_id: str
+    image_id: str
+    annotator_id: int
+    caption: str
+    voice_recording: str
+    timed_caption: list = field(default_factory=list)
+    traces: list = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """WebDataset sample key: unique per (image, annotator), no dots."""
+        return f"{self.image_id}_{self.annotator_id}"
+
+
+def parse_line(line: str) -> Narrative:
+    """Parse one JSONL line into a validated :class:`Narrative`.
+
+    Raises :class:`RecordError` with a stable ``reason`` tag on bad input.
+    """
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordError("invalid_json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise RecordError("invalid_json", f"line is a JSON {type(obj).__name__}, not an object")
+
+    def get(name: str, kind: type | tuple):
+        if name not in obj:
+            raise RecordError("missing_field", f"field '{name}' is missing")
+        value = obj[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise RecordError("bad_field_type", f"field '{name}' is {type(value).__name__}")
+        return value
+
+    dataset_id = get("dataset_id", str)
+    image_id = get("image_id", (str, int))
+    image_id = str(image_id)
+    annotator_id = get("annotator_id", int)
+    caption = get("caption", str).strip()
+    voice_recording = get("voice_recording", str)
+    timed_caption = obj.get("timed_caption", [])
+    traces = obj.get("traces", [])
+    if not isinstance(timed_caption, list):
+        raise RecordError("bad_field_type", "field 'timed_caption' is not a list")
+    if not isinstance(traces, list):
+        raise RecordError("bad_field_type", "field 'traces' is not a list")
+    if not caption:
+        raise RecordError("empty_caption", "caption is empty")
+    id_ok = IMAGE_ID_RE.match(image_id) if dataset_id.startswith("open_images") else SAFE_ID_RE.match(image_id)
+    if not id_ok:
+        raise RecordError("unsafe_path", f"image_id {image_id!r} is not a valid id for {dataset_id!r}")
+    check_relative_path(voice_recording, "voice_recording")
+    return Narrative(dataset_id, image_id, annotator_id, caption, voice_recording, timed_caption, traces)
+
+
+def check_relative_path(path: str, name: str) -> None:
+    """Refuse paths that could escape their root (absolute, ``..``, empty)."""
+    p = PurePosixPath(path)
+    if not path or p.is_absolute() or ".." in p.parts or "\\" in path or "\x00" in path:
+        raise RecordError("unsafe_path", f"{name} {path!r} would escape its root")

@@ -1,0 +1,92 @@
+"""Deterministic, atomic WebDataset shard writing.
+
+Every tar header field that could vary between runs (mtime, owner, mode) is
+fixed, so the same input yields byte-identical shards. A shard is written as
+``NAME.tmp-<pid>`` and renamed into place only once complete: a reader never
+sees a half-written shard under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+FIXED_MTIME = 0  # 1970-01-01: identical input gives identical bytes
+
+
+class ShardWriter:
+    """Write samples (``{ext: bytes}`` keyed by a dot-free key) to one tar."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._file = open(self.tmp_path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.num_samples = 0
+        self._keys: set[str] = set()
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if "." in key or "/" in key or not key or key.startswith("_"):
+            raise ValueError(f"invalid sample key {key!r}: keys hold no dots or slashes and do not start with '_'")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.path.name}")
+        self._keys.add(key)
+        # Members of one sample are written contiguously, in a fixed order.
+        for ext in sorted(members):
+            self._add(f"{key}.{ext}", members[ext])
+        self.num_samples += 1
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = FIXED_MTIME
+        info.mode = 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def commit(self) -> str:
+        """Finish the tar, fsync it and rename it into place; return its sha256."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = sha256_file(self.tmp_path)
+        os.replace(self.tmp_path, self.path)
+        return digest
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._file.closed:
+            self.abort()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a small file (sidecar, index) so readers see all of it or none."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

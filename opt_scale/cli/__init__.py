@@ -1,0 +1,1 @@
+"""Command-line entry points (each a thin layer over the library)."""

@@ -1,0 +1,63 @@
+"""``opt-train``: pre-train an OPT model with DeepSpeed.
+
+Runs as one process, under ``torchrun``, or as ``srun`` tasks (rank and world
+size come from the environment). Examples::
+
+    opt-train --config tiny --set data.train_shards=runs/demo/shards/demo-index.json \\
+              --set data.tokenizer=runs/demo/tokenizer.model
+    torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from opt_scale.utils.config_tools import ConfigError, dumps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opt-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny",
+                   help="preset name (tiny, small, base, large, xl) or a config.json written by an earlier run "
+                        "(default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. --set train.steps=100 model.cross.layers=4; sections: "
+                        "model.{text,vision,audio,cross}, tasks.{mlm,modality_mask,matching}, data, train. "
+                        "Unknown keys are refused. See --print-config for every key and its value")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = [item for group in args.overrides for item in group]
+    from opt_scale.config import load_config
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"opt-train: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dumps(cfg))
+        return 0
+    from opt_scale.engine.trainer import train
+    try:
+        summary = train(cfg)
+    except ConfigError as err:
+        print(f"opt-train: error: {err}", file=sys.stderr)
+        return 2
+    from opt_scale.engine.distributed import detect
+    if detect().is_main:
+        print("\n=== opt-train summary ===")
+        print(f"steps            {summary.steps} ({summary.skipped_steps} skipped)")
+        print(f"loss             {summary.first_loss:.4f} (first log window) -> {summary.last_loss:.4f} (last)")
+        print(f"throughput       {summary.samples_per_s:.1f} samples/s")
+        print(f"checkpoint       {summary.checkpoint}")
+        print(f"tensorboard      {summary.tensorboard}   (tensorboard --logdir {summary.tensorboard})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

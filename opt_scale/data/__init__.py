@@ -1,0 +1,1 @@
+"""The streaming data pipeline: shards -> decoded, masked, collated batches."""

@@ -1,0 +1,68 @@
+"""Stack decoded samples into a batch and draw every task's masks and labels.
+
+Runs in the loader worker. All draws are per sample, from
+``sample_rng(seed, epoch, key, purpose)``; only the partners of matching
+negatives depend on the batch (other samples of the same batch), and batches
+are themselves a deterministic function of the epoch plan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from opt_scale.model.config import ModelConfig
+from opt_scale.tasks.config import TasksConfig
+
+from .decode import DecodedSample
+from .masking import (IGNORE_INDEX, TEXT, matching_class, matching_sources, mlm_mask, modality_keep,
+                      sample_rng)
+from .tokenizer import Tokenizer
+
+
+class Collator:
+    def __init__(self, model_cfg: ModelConfig, tasks_cfg: TasksConfig, tokenizer: Tokenizer, seed: int):
+        self.model_cfg = model_cfg
+        self.tasks = tasks_cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+
+    def __call__(self, samples: list[DecodedSample], epoch: int) -> dict:
+        n = len(samples)
+        tok = self.tokenizer
+        text_len = max(len(s.text_ids) for s in samples)
+        frames = max(s.mel.shape[0] for s in samples)
+        text_ids = np.full((n, text_len), tok.pad_id, dtype=np.int64)
+        mlm_inputs = text_ids.copy()
+        mlm_labels = np.full((n, text_len), IGNORE_INDEX, dtype=np.int64)
+        keep = np.ones((n, 3), dtype=bool)
+        mel = torch.zeros(n, frames, self.model_cfg.audio.n_mels)
+        classes, match_rngs = [], []
+        for i, s in enumerate(samples):
+            L = len(s.text_ids)
+            text_ids[i, :L] = s.text_ids
+            keep[i] = modality_keep(sample_rng(self.seed, epoch, s.key, "modality"), self.tasks.modality_mask.prob)
+            inputs, labels = mlm_mask(s.text_ids, sample_rng(self.seed, epoch, s.key, "mlm"), self.tasks.mlm,
+                                      tok.vocab_size, tok.mask_id, tok.special_ids)
+            mlm_inputs[i, :L] = inputs
+            if keep[i, TEXT]:  # a masked-out text modality has no positions to predict
+                mlm_labels[i, :L] = labels
+            mel[i, : s.mel.shape[0]] = s.mel
+            rng = sample_rng(self.seed, epoch, s.key, "matching")
+            classes.append(matching_class(rng, self.tasks.matching))
+            match_rngs.append(rng)
+        image_src, audio_src = matching_sources(classes, match_rngs)
+        return {
+            "keys": [s.key for s in samples],
+            "text_ids": torch.from_numpy(text_ids),
+            "text_len": torch.tensor([len(s.text_ids) for s in samples]),
+            "mlm_input_ids": torch.from_numpy(mlm_inputs),
+            "mlm_labels": torch.from_numpy(mlm_labels),
+            "pixels": torch.stack([s.pixels for s in samples]),
+            "mel": mel,
+            "mel_len": torch.tensor([s.mel.shape[0] for s in samples]),
+            "modality_keep": torch.from_numpy(keep),
+            "match_label": torch.tensor(classes),
+            "match_image_src": torch.from_numpy(image_src),
+            "match_audio_src": torch.from_numpy(audio_src),
+        }

@@ -1,0 +1,22 @@
+"""Typed configuration of the streaming loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opt_scale.utils.config_tools import require
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = ""       # index .json, paths, globs, brace patterns, pipe: or http(s) URLs
+    tokenizer: str = ""          # SentencePiece .model (opt-shards train-tokenizer)
+    num_workers: int = 2         # loader processes per rank
+    prefetch_factor: int = 4     # batches each worker keeps ready
+    shuffle_block: int = 256     # samples read in order, then permuted together
+    seed: int = 0                # data order, masks and negatives derive from (seed, epoch, key)
+
+    def validate(self) -> None:
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
+        require(self.shuffle_block >= 1, "data.shuffle_block", "must be >= 1")

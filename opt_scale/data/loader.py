@@ -1,0 +1,162 @@
+"""The training loader of one rank, and its checkpointable cursor.
+
+Wraps a ``DataLoader`` over :class:`SlotBatches` and records, for each of
+this rank's slots, how far training has consumed (not how far the workers
+have prefetched). The global cursor (every rank's slots) goes into the
+checkpoint; from it a resumed run continues each slot exactly where it was,
+or, on a different rank/worker layout, re-splits the unread remainder of the
+epoch so that no sample is read twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from opt_scale.model.config import ModelConfig
+from opt_scale.tasks.config import TasksConfig
+
+from .collate import Collator
+from .config import DataConfig
+from .dataset import SlotBatches, SlotCursor
+from .decode import SampleDecoder
+from .plan import EpochPlan, Layout, shards_fingerprint
+from .sources import ShardInfo
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataCursor:
+    """Where every slot of a run stands; saved in the checkpoint's client state."""
+    layout: dict
+    seed: int
+    fingerprint: str
+    slots: list[dict]                                    # [{"epoch", "consumed"}] per slot
+    epoch_intervals: dict = field(default_factory=dict)  # epoch -> intervals, for partial epochs
+    rank_batches: list = field(default_factory=list)     # batches each rank consumed (round-robin phase)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataCursor":
+        d = dict(d)
+        d["epoch_intervals"] = {int(k): [tuple(iv) for iv in v] for k, v in d.get("epoch_intervals", {}).items()}
+        return cls(**d)
+
+
+class CursorMismatch(ValueError):
+    pass
+
+
+class TrainLoader:
+    def __init__(self, shards: list[ShardInfo], data_cfg: DataConfig, model_cfg: ModelConfig,
+                 tasks_cfg: TasksConfig, tokenizer: Tokenizer, rank: int, world_size: int,
+                 batch_size: int, cursor: DataCursor | None = None, pin_memory: bool = False):
+        self.shards = shards
+        self.rank = rank
+        self.seed = data_cfg.seed
+        self.layout = Layout(world_size, max(1, data_cfg.num_workers), batch_size)
+        self.fingerprint = shards_fingerprint(shards)
+        start, self.epoch_intervals, self.batches_consumed = self._start_from(cursor)
+        self.slot_state = {s: start[s] for s in self._my_slots()}
+        self.dataset = SlotBatches(shards, self.layout, rank, self.seed, start, self.epoch_intervals,
+                                   SampleDecoder(model_cfg, tokenizer),
+                                   Collator(model_cfg, tasks_cfg, tokenizer, self.seed),
+                                   data_cfg.shuffle_block,
+                                   worker_offset=self.batches_consumed % self.layout.workers_per_rank)
+        workers = data_cfg.num_workers
+        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                 prefetch_factor=data_cfg.prefetch_factor if workers else None,
+                                 persistent_workers=False)
+        self._iter = None
+        self.epoch = min(c.epoch for c in start.values())
+        self.substituted = 0
+
+    def _my_slots(self) -> list[int]:
+        return [self.layout.slot(self.rank, w) for w in range(self.layout.workers_per_rank)]
+
+    def batches_per_epoch(self, epoch: int) -> int:
+        """Batches each rank yields in ``epoch`` (all workers together)."""
+        plan = EpochPlan(self.shards, epoch, self.seed, self.layout, self.epoch_intervals.get(epoch))
+        return plan.batches_per_slot * self.layout.workers_per_rank
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        batch = next(self._iter)
+        slot = batch.pop("_slot")
+        epoch = batch.pop("_epoch")
+        self.slot_state[slot] = SlotCursor(epoch, batch.pop("_consumed"))
+        self.substituted += batch.pop("_substituted")
+        self.epoch = epoch
+        self.batches_consumed += 1
+        return batch
+
+    # -- cursor ------------------------------------------------------------
+
+    def local_state(self) -> dict:
+        return {"batches": self.batches_consumed,
+                "slots": {str(s): asdict(c) for s, c in self.slot_state.items()}}
+
+    def global_cursor(self, local_states: list[dict]) -> DataCursor:
+        """Combine every rank's :meth:`local_state` (rank order) into a cursor."""
+        slots = [None] * self.layout.num_slots
+        for state in local_states:
+            for s, c in state["slots"].items():
+                slots[int(s)] = c
+        epochs = {c["epoch"] for c in slots}
+        intervals = {e: self.epoch_intervals[e] for e in epochs if e in self.epoch_intervals}
+        return DataCursor(asdict(self.layout), self.seed, self.fingerprint, slots,
+                          {e: [list(iv) for iv in v] for e, v in intervals.items()},
+                          [state["batches"] for state in local_states])
+
+    def _start_from(self, cursor: DataCursor | None) -> tuple[dict[int, SlotCursor], dict, int]:
+        """Slot cursors, partial-epoch intervals and this rank's batch count to start from."""
+        fresh = {s: SlotCursor(0, 0) for s in range(self.layout.num_slots)}
+        if cursor is None:
+            return fresh, {}, 0
+        if cursor.fingerprint != self.fingerprint:
+            raise CursorMismatch(
+                "the checkpoint's data cursor belongs to a different shard set (names or sample counts "
+                "differ from data.train_shards); resume with the same shards, or start a new run")
+        if cursor.seed != self.seed:
+            raise CursorMismatch(f"data.seed is {self.seed} but the checkpoint was trained with {cursor.seed}")
+        old = Layout(**cursor.layout)
+        if old == self.layout:
+            return ({s: SlotCursor(**c) for s, c in enumerate(cursor.slots)}, dict(cursor.epoch_intervals),
+                    cursor.rank_batches[self.rank])
+        # Different layout: continue the unread remainder of the oldest open epoch.
+        epoch = min(c["epoch"] for c in cursor.slots)
+        old_plan = EpochPlan(self.shards, epoch, self.seed, old, cursor.epoch_intervals.get(epoch))
+        consumed = [c["consumed"] if c["epoch"] == epoch else old_plan.per_slot for c in cursor.slots]
+        remainder = old_plan.remainder(consumed)
+        new_plan = EpochPlan(self.shards, epoch, self.seed, self.layout, remainder)
+        left = sum(b - a for a, b in remainder)
+        if new_plan.per_slot == 0:
+            log.warning("data layout changed from %s to %s: the %d unread samples of epoch %d are fewer than "
+                        "one batch per slot; starting epoch %d", old, self.layout, left, epoch, epoch + 1)
+            return {s: SlotCursor(epoch + 1, 0) for s in range(self.layout.num_slots)}, {}, 0
+        dropped = left - new_plan.per_slot * self.layout.num_slots
+        log.warning("data layout changed from %s to %s: epoch %d continues with its %d unread samples "
+                    "re-split over %d slots (%d carried to later epochs)",
+                    old, self.layout, epoch, left, self.layout.num_slots, dropped)
+        return {s: SlotCursor(epoch, 0) for s in range(self.layout.num_slots)}, {epoch: remainder}, 0
+
+
+def gather_local_states(loader: TrainLoader) -> list[dict]:
+    """All ranks' loader states, in rank order (a collective: every rank calls it)."""
+    state = loader.local_state()
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [state]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, state)
+    return out

@@ -1,0 +1,84 @@
+"""Deterministic draws of masks, negatives and labels for the pretext tasks.
+
+Everything random about a sample derives from ``(seed, epoch, sample key,
+purpose)``, never from a worker's global RNG: a resumed run, a different
+worker count or a different rank layout draws exactly the same masks for the
+same sample in the same epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from opt_scale.tasks.config import MatchingConfig, MLMConfig
+
+IGNORE_INDEX = -100
+TEXT, IMAGE, AUDIO = 0, 1, 2
+MODALITIES = ("text", "image", "audio")
+
+
+def sample_rng(seed: int, epoch: int, key: str, purpose: str) -> np.random.Generator:
+    digest = hashlib.blake2b(f"{key}\x00{purpose}".encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, epoch, int.from_bytes(digest, "little")])
+
+
+def mlm_mask(ids: np.ndarray, rng: np.random.Generator, cfg: MLMConfig, vocab_size: int,
+             mask_id: int, special_ids: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking: pick ``prob`` of the maskable tokens (at least one);
+    replace 80% with [mask], 10% with a random token, keep 10%."""
+    inputs = ids.copy()
+    labels = np.full_like(ids, IGNORE_INDEX)
+    maskable = np.flatnonzero(~np.isin(ids, list(special_ids)))
+    if len(maskable) == 0:
+        return inputs, labels
+    chosen = maskable[rng.random(len(maskable)) < cfg.prob]
+    if len(chosen) == 0:
+        chosen = rng.choice(maskable, size=1)
+    labels[chosen] = ids[chosen]
+    action = rng.random(len(chosen))
+    to_mask = chosen[action < cfg.replace_mask]
+    to_random = chosen[(action >= cfg.replace_mask) & (action < cfg.replace_mask + cfg.replace_random)]
+    inputs[to_mask] = mask_id
+    if len(to_random):
+        # Random replacements come from ordinary pieces only, never specials.
+        candidates = np.setdiff1d(np.arange(vocab_size), np.array(sorted(special_ids)))
+        inputs[to_random] = rng.choice(candidates, size=len(to_random))
+    return inputs, labels
+
+
+def modality_keep(rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Mask each modality whole with ``prob``; never all three at once."""
+    while True:
+        keep = rng.random(3) >= prob
+        if keep.any():
+            return keep
+
+
+def matching_class(rng: np.random.Generator, cfg: MatchingConfig) -> int:
+    return int(rng.choice(5, p=np.asarray(cfg.class_probs, dtype=np.float64)))
+
+
+def matching_sources(classes: list[int], rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the image and audio each sample's matching view takes.
+
+    0: image and audio from one other sample; 1: image from another sample;
+    2: audio from another sample; 3: image and audio from two different other
+    samples; 4: all matched. Needs a batch of at least three samples.
+    """
+    n = len(classes)
+    image_src = np.arange(n)
+    audio_src = np.arange(n)
+    for i, (cls, rng) in enumerate(zip(classes, rngs)):
+        others = np.array([j for j in range(n) if j != i])
+        a, b = rng.choice(others, size=2, replace=False)
+        if cls == 0:
+            image_src[i] = audio_src[i] = a
+        elif cls == 1:
+            image_src[i] = a
+        elif cls == 2:
+            audio_src[i] = a
+        elif cls == 3:
+            image_src[i], audio_src[i] = a, b
+    return image_src, audio_src

@@ -1,0 +1,43 @@
+"""SentencePiece tokenizer with the special ids the model relies on."""
+
+from __future__ import annotations
+
+import sentencepiece as spm
+
+# Reserved at training time (data_prep.tokenizer_training) as control symbols:
+# they have ids but no text ever encodes to them.
+MASK_PIECE = "<mask>"
+
+
+class Tokenizer:
+    def __init__(self, model_path: str):
+        self.path = model_path
+        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        self.vocab_size = self.sp.get_piece_size()
+        self.pad_id = self.sp.pad_id()
+        self.bos_id = self.sp.bos_id()
+        self.eos_id = self.sp.eos_id()
+        self.unk_id = self.sp.unk_id()
+        self.mask_id = self.sp.piece_to_id(MASK_PIECE)
+        if min(self.pad_id, self.bos_id, self.eos_id) < 0 or self.mask_id == self.unk_id:
+            raise ValueError(f"{model_path}: tokenizer lacks pad/bos/eos/{MASK_PIECE}; "
+                             "train it with `opt-shards train-tokenizer`")
+        self.special_ids = frozenset({self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id})
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        """``[bos] pieces [eos]``, truncated to ``max_len`` (eos kept)."""
+        ids = self.sp.encode(text.lower())
+        ids = ids[: max_len - 2]
+        return [self.bos_id, *ids, self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        keep = [i for i in ids if i not in self.special_ids]
+        return self.sp.decode(keep)
+
+    # Loader workers may be started by pickling (spawn/forkserver): carry the
+    # path, reload the model on the other side.
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])

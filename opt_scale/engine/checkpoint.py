@@ -1,0 +1,168 @@
+"""DeepSpeed checkpoints that are either whole or ignored.
+
+Layout: ``<out_dir>/checkpoints/step_00000100/`` holds DeepSpeed's files
+(every rank writes its own partition) and, written last by rank 0 once every
+rank has finished and reported its files' sizes and SHA-256, ``COMPLETE.json``.
+A directory without that marker is an interrupted write and never loaded.
+On resume every rank verifies the files it will read against the marker
+before DeepSpeed touches them; the ranks agree (all-reduce) on the verdict,
+so a damaged newest checkpoint makes all of them fall back to the previous
+one together, instead of one rank failing inside a collective and hanging
+the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+MARKER = "COMPLETE.json"
+TAG_RE = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories under ``root``, newest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if TAG_RE.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def read_marker(path: Path) -> dict:
+    return json.loads((path / MARKER).read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files_of_rank(tag_dir: Path, rank: int) -> list[Path]:
+    """Files this rank writes/reads: its own partitions, plus (rank 0) the shared ones."""
+    mine = []
+    for p in sorted(tag_dir.iterdir()):
+        if p.name == MARKER or not p.is_file():
+            continue
+        m = re.search(r"zero_pp_rank_(\d+)_", p.name)
+        if (m and int(m.group(1)) == rank) or (not m and rank == 0):
+            mine.append(p)
+    return mine
+
+
+def _all_gather(obj):
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _all_true(flag: bool) -> bool:
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+class Checkpointer:
+    def __init__(self, root: str | Path, engine, keep: int = 3):
+        self.root = Path(root)
+        self.engine = engine
+        self.keep = keep
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+
+    def save(self, step: int, client_state: dict) -> Path:
+        tag = tag_for(step)
+        tag_dir = self.root / tag
+        if self.rank == 0 and tag_dir.exists():
+            shutil.rmtree(tag_dir)  # a leftover of an interrupted save of this same step
+        if dist.is_initialized():
+            dist.barrier()
+        started = time.time()
+        self.engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files_of_rank(tag_dir, self.rank)}
+        all_files = _all_gather(files)  # also a barrier: every rank's write is finished
+        if self.rank == 0:
+            marker = {"step": step, "world_size": len(all_files), "time": time.time(),
+                      "files": {k: v for f in all_files for k, v in f.items()},
+                      "client_keys": sorted(client_state)}
+            tmp = tag_dir / (MARKER + ".tmp")
+            tmp.write_text(json.dumps(marker, indent=1))
+            os.replace(tmp, tag_dir / MARKER)
+            log.info("checkpoint %s written in %.1fs", tag_dir, time.time() - started)
+            self._rotate()
+        if dist.is_initialized():
+            dist.barrier()
+        return tag_dir
+
+    def _rotate(self) -> None:
+        if self.keep <= 0:
+            return
+        for old in complete_checkpoints(self.root)[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def verify(self, tag_dir: Path) -> bool:
+        """Collective: every rank checks its files against the marker."""
+        ok, why = True, ""
+        try:
+            marker = read_marker(tag_dir)
+            expected = marker["files"]
+            for p in _files_of_rank(tag_dir, self.rank):
+                want = expected.get(p.name)
+                if want is None or p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
+                    ok, why = False, f"{p.name} differs from what was written"
+                    break
+            mine = {n for n in expected if re.search(rf"zero_pp_rank_{self.rank}_", n)}
+            missing = mine - {p.name for p in tag_dir.iterdir()}
+            if ok and missing:
+                ok, why = False, f"missing {sorted(missing)}"
+        except Exception as exc:  # unreadable marker, vanished files...
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            log.warning("rank %d: checkpoint %s is damaged (%s)", self.rank, tag_dir, why)
+        return _all_true(ok)
+
+    def load(self, spec: str) -> dict | None:
+        """Load per ``spec`` ("" none, "auto" newest complete, or a path);
+        return the client state, or None for a fresh start."""
+        if not spec:
+            return None
+        if spec == "auto":
+            candidates = complete_checkpoints(self.root)
+            if not candidates:
+                log.info("resume=auto: no complete checkpoint under %s, starting fresh", self.root)
+                return None
+        else:
+            path = Path(spec)
+            if not (path / MARKER).is_file():
+                raise FileNotFoundError(f"train.resume={spec!r} is not a complete checkpoint (no {MARKER})")
+            candidates = [path]
+        for tag_dir in candidates:
+            if not self.verify(tag_dir):
+                log.warning("skipping damaged checkpoint %s; falling back to the previous one", tag_dir)
+                continue
+            _, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+            if client is None:
+                raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
+            log.info("resumed from %s (step %s)", tag_dir, client.get("step"))
+            return client
+        raise RuntimeError(f"every checkpoint under {self.root} is damaged; nothing to resume from")

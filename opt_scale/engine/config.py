@@ -1,0 +1,48 @@
+"""Typed configuration of the training run (optimisation, precision, I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opt_scale.utils.config_tools import require
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300                 # optimizer steps
+    micro_batch_size: int = 8        # samples per rank per forward
+    grad_accum: int = 1              # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1        # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    grad_clip: float = 1.0           # max global grad norm (0: off)
+    precision: str = "auto"          # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)
+    ds_config: str = "auto"          # name in ds_configs/ or a path; auto: zero3_gpu on CUDA, zero3_cpu otherwise
+    zero_init: bool = True           # build parameters partitioned (deepspeed.zero.Init) under ZeRO-3
+    seed: int = 0                    # model init and dropout
+    out_dir: str = "runs/opt"        # checkpoints/, tensorboard/, config.json, tokenizer copy
+    resume: str = ""                 # "" (fresh), "auto" (newest complete checkpoint in out_dir), or a path
+    checkpoint_every: int = 100      # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
+    log_every: int = 10              # steps between TensorBoard/console logs
+    max_bad_steps: int = 5           # consecutive non-finite losses before aborting
+
+    def validate(self) -> None:
+        require(self.steps > 0, "train.steps", "must be positive")
+        require(self.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
+        require(self.grad_accum > 0, "train.grad_accum", "must be positive")
+        require(self.lr > 0, "train.lr", "must be positive")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        require(self.precision in PRECISIONS + ("auto",), "train.precision",
+                f"must be one of {', '.join(PRECISIONS)} or auto, got {self.precision!r}")
+        require(self.log_every > 0, "train.log_every", "must be positive")
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        require(self.max_bad_steps > 0, "train.max_bad_steps", "must be positive")

@@ -1,0 +1,1 @@
+"""The OPT model, composed from named parts (see :mod:`.registry`)."""

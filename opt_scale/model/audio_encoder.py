@@ -1,0 +1,78 @@
+"""Audio tower: 80-bin log-mel frames (10 ms) -> strided conv subsampling
+(x4: 40 ms tokens) -> transformer, in place of the paper's wav2vec 2.0."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import AudioConfig
+from .layers import INIT_STD, Embedding, EncoderStack, Linear
+from .norm import LayerNorm
+
+
+class ConvSubsampler(nn.Module):
+    """``conv_layers`` Conv2d(k=3, s=2, p=1) + GELU over (time, mel)."""
+
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        convs, freq = [], cfg.n_mels
+        in_ch = 1
+        for _ in range(cfg.conv_layers):
+            convs.append(nn.Conv2d(in_ch, cfg.conv_channels, kernel_size=3, stride=2, padding=1))
+            in_ch = cfg.conv_channels
+            freq = (freq - 1) // 2 + 1
+        self.convs = nn.ModuleList(convs)
+        self.out = Linear(cfg.conv_channels * freq, cfg.hidden)
+
+    def forward(self, mel: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Each layer's input is zeroed past its valid length, so outputs
+        near the end equal those of an unpadded input (conv zero padding)."""
+        x = mel.unsqueeze(1)  # [B, 1, T, F]
+        lengths = frame_lengths
+        for conv in self.convs:
+            inside = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]
+            x = F.gelu(conv(x * inside[:, None, :, None].to(x.dtype)))
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        B, C, T, Fq = x.shape
+        return self.out(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, cfg: AudioConfig, out_hidden: int):
+        super().__init__()
+        self.cfg = cfg
+        self.subsample = ConvSubsampler(cfg)
+        self.positions = Embedding(cfg.tokens_for_frames(cfg.max_frames), cfg.hidden)
+        self.modality = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
+        self.mask_token = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
+        self.embed_norm = LayerNorm(cfg.hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)
+        self.proj = Linear(cfg.hidden, out_hidden) if cfg.hidden != out_hidden else nn.Identity()
+
+    def token_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        n = frame_lengths
+        for _ in range(self.cfg.conv_layers):
+            n = torch.div(n - 1, 2, rounding_mode="floor") + 1
+        return n
+
+    def embed(self, mel: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Subsampled frame features before masking: also the MAM targets."""
+        return self.subsample(mel.to(self.subsample.out.weight.dtype), frame_lengths)
+
+    def forward(self, mel: torch.Tensor, frame_lengths: torch.Tensor, token_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None):
+        """mel [B, T, 80]; token_mask [B, T'] bool (True = replaced by [mask])
+        -> tokens [B, T', out], valid [B, T']."""
+        x = self.embed(mel, frame_lengths) if features is None else features
+        if token_mask is not None:
+            x = torch.where(token_mask[..., None], self.mask_token.to(x.dtype), x)
+        T = x.shape[1]
+        lengths = self.token_lengths(frame_lengths)
+        x = x + self.positions(torch.arange(T, device=x.device))[None] + self.modality
+        x = self.dropout(self.embed_norm(x))
+        x = self.encoder(x, key_lengths=lengths)
+        valid = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
+        return self.proj(x), valid

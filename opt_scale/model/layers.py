@@ -1,0 +1,138 @@
+"""Transformer building blocks shared by every tower and decoder.
+
+Pre-LN blocks (OPT uses pre-LN, GELU). Attention goes through
+:func:`opt_scale.kernels.attention`, so masks travel as key lengths and
+segment ids, never as N x N tensors. Weights are initialised inside the
+layers' own constructors: under ``deepspeed.zero.Init`` a parameter is
+partitioned as soon as its module is built, so initialising afterwards would
+write into an empty shard.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from opt_scale.kernels import attention
+
+from .norm import LayerNorm
+
+INIT_STD = 0.02
+
+
+class Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=INIT_STD)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=INIT_STD)
+        self._fill_padding_idx_with_zero()
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = Linear(hidden, 3 * hidden)
+        self.out = Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, *, key_lengths=None, causal: bool = False,
+                segments=None, allowed_pairs=None, cache: dict | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:  # incremental decoding: keys/values of earlier steps
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        o = attention(q, k, v, key_lengths=key_lengths, causal=causal, q_segments=segments,
+                      k_segments=segments, allowed_pairs=allowed_pairs)
+        return self.out(o.transpose(1, 2).reshape(B, L, D))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder, keys/values from an encoder's output."""
+
+    def __init__(self, hidden: int, heads: int, memory_hidden: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = Linear(hidden, hidden)
+        self.kv = Linear(memory_hidden or hidden, 2 * hidden)
+        self.out = Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_lengths=None,
+                cache: dict | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        h = self.heads
+        q = self.q(x).view(B, L, h, D // h).transpose(1, 2)
+        if cache is not None and "mk" in cache:  # memory projections are computed once per sequence
+            k, v = cache["mk"], cache["mv"]
+        else:
+            M = memory.shape[1]
+            k, v = self.kv(memory).view(B, M, 2, h, D // h).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                cache["mk"], cache["mv"] = k, v
+        o = attention(q, k, v, key_lengths=memory_lengths)
+        return self.out(o.transpose(1, 2).reshape(B, L, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, hidden: int, ffn: int, dropout: float):
+        super().__init__()
+        self.up = Linear(hidden, ffn)
+        self.down = Linear(ffn, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.dropout(F.gelu(self.up(x))))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.norm1 = LayerNorm(hidden)
+        self.attn = SelfAttention(hidden, heads)
+        self.norm2 = LayerNorm(hidden)
+        self.ffn = FeedForward(hidden, ffn, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None):
+        x = x + self.dropout(self.attn(self.norm1(x), key_lengths=key_lengths, segments=segments,
+                                       allowed_pairs=allowed_pairs))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention, cross-attention to memory, feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, memory_hidden: int | None = None):
+        super().__init__()
+        self.norm1 = LayerNorm(hidden)
+        self.self_attn = SelfAttention(hidden, heads)
+        self.norm2 = LayerNorm(hidden)
+        self.cross_attn = CrossAttention(hidden, heads, memory_hidden)
+        self.norm3 = LayerNorm(hidden)
+        self.ffn = FeedForward(hidden, ffn, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, memory, memory_lengths=None, key_lengths=None, cache: dict | None = None):
+        x = x + self.dropout(self.self_attn(self.norm1(x), key_lengths=key_lengths, causal=True, cache=cache))
+        x = x + self.dropout(self.cross_attn(self.norm2(x), memory, memory_lengths, cache=cache))
+        return x + self.dropout(self.ffn(self.norm3(x)))
+
+
+class EncoderStack(nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(EncoderBlock(hidden, heads, ffn, dropout) for _ in range(layers))
+        self.norm = LayerNorm(hidden)
+
+    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None):
+        for block in self.blocks:
+            x = block(x, key_lengths, segments, allowed_pairs)
+        return self.norm(x)

@@ -1,0 +1,1 @@
+"""Pretext tasks: their heads, losses and the module that combines them."""

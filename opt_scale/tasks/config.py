@@ -1,0 +1,54 @@
+"""Typed configuration of the pretext tasks: weights and probabilities.
+
+Masks, negatives and labels are drawn in the loader workers from these
+values (see :mod:`opt_scale.data.masking`); the loss heads read the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opt_scale.utils.config_tools import require
+
+MATCHING_CLASSES = ("image_audio_swapped", "image_swapped", "audio_swapped",
+                    "image_and_audio_swapped_apart", "matched")
+
+
+@dataclass
+class MLMConfig:
+    weight: float = 1.0
+    prob: float = 0.15           # share of text tokens masked
+    replace_mask: float = 0.8    # BERT 80/10/10: [mask] / random token / unchanged
+    replace_random: float = 0.1
+
+    def validate(self) -> None:
+        require(0 < self.prob < 1, "tasks.mlm.prob", "must be in (0, 1)")
+        require(self.replace_mask + self.replace_random <= 1, "tasks.mlm.replace_random",
+                "replace_mask + replace_random must be <= 1")
+
+
+@dataclass
+class ModalityMaskConfig:
+    prob: float = 0.3            # each modality masked whole, never all three
+
+    def validate(self) -> None:
+        require(0 <= self.prob < 1, "tasks.modality_mask.prob", "must be in [0, 1)")
+
+
+@dataclass
+class MatchingConfig:
+    weight: float = 1.0
+    # Probabilities of the five classes, in the order of MATCHING_CLASSES.
+    class_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
+
+    def validate(self) -> None:
+        require(len(self.class_probs) == 5, "tasks.matching.class_probs", "needs five probabilities")
+        require(abs(sum(self.class_probs) - 1) < 1e-6 and min(self.class_probs) >= 0,
+                "tasks.matching.class_probs", f"must be non-negative and sum to 1, got {self.class_probs}")
+
+
+@dataclass
+class TasksConfig:
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    modality_mask: ModalityMaskConfig = field(default_factory=ModalityMaskConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)

@@ -1,0 +1,60 @@
+"""Loss heads. Each computes its loss inside its own ``forward``: under
+ZeRO-3 a module's parameters are gathered only around its forward, so a loss
+that reads a projection weight must live in the module that owns (or ties)
+that weight."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from opt_scale.kernels import masked_linear_cross_entropy
+from opt_scale.model.layers import Linear
+from opt_scale.model.norm import LayerNorm
+
+
+class MaskedTokenHead(nn.Module):
+    """Transform + projection to a vocabulary, evaluated at masked positions
+    only. ``tied_weight`` (e.g. the text embedding) is registered here too, so
+    ZeRO-3 gathers it for this module's forward."""
+
+    def __init__(self, hidden: int, vocab: int, tied_weight: nn.Parameter | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.transform = Linear(hidden, hidden)
+        self.norm = LayerNorm(hidden)
+        if tied_weight is not None:
+            self.weight = tied_weight
+        else:
+            self.weight = nn.Parameter(torch.randn(vocab, hidden) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        self.label_smoothing = label_smoothing
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
+        """hidden [B, L, D], labels [B, L] (ignore_index where unmasked)."""
+        positions = (labels.reshape(-1) != ignore_index).nonzero().squeeze(1)
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        h = self.norm(F.gelu(self.transform(flat)))
+        loss, count = masked_linear_cross_entropy(
+            h, self.weight, self.bias, torch.arange(len(positions), device=h.device),
+            labels.reshape(-1).index_select(0, positions), label_smoothing=self.label_smoothing,
+            ignore_index=ignore_index)
+        return loss, count
+
+
+class MatchingHead(nn.Module):
+    """5-way matching from the [CLS] token (classes in tasks.config)."""
+
+    def __init__(self, hidden: int, classes: int = 5):
+        super().__init__()
+        self.pool = Linear(hidden, hidden)
+        self.classify = Linear(hidden, classes)
+
+    def forward(self, cls: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.classify(torch.tanh(self.pool(cls))).float()
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return loss, accuracy, logits

@@ -1,0 +1,75 @@
+"""Shared fixtures: a small demo data set, its shards and tokenizer, built
+once per test session from data the project generates itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# The Triton interpreter must be chosen before triton is first imported, and
+# DeepSpeed's accelerator before deepspeed is: both decide at import time.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory) -> Path:
+    from opt_scale.data_prep.demo_data import write_demo_data
+    out = tmp_path_factory.mktemp("demo_raw")
+    write_demo_data(out, n=48, seed=1, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_raw, tmp_path_factory) -> Path:
+    """Three shards of 16 samples (and their wids index)."""
+    from opt_scale.data_prep.build import BuildOptions, build
+    out = tmp_path_factory.mktemp("demo_shards")
+    build(BuildOptions(annotations=[str(demo_raw / "annotations" / "*.jsonl")], image_root=str(demo_raw / "images"),
+                       audio_root=str(demo_raw / "recordings"), out_dir=str(out), prefix="demo",
+                       samples_per_shard=16, image_short_side=96))
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_shards, tmp_path_factory) -> Path:
+    from opt_scale.data_prep.tokenizer_training import train_tokenizer
+    out = tmp_path_factory.mktemp("tok") / "sp.model"
+    return Path(train_tokenizer(str(demo_shards / "demo-index.json"), 128, str(out)))
+
+
+def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, check: bool = True,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run one of our console scripts (or python -m) from the test venv."""
+    full_env = {**os.environ, **(env or {})}
+    exe = args[0]
+    if (BIN / exe).exists():
+        args = [str(BIN / exe), *args[1:]]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def torchrun_args(nproc: int) -> list[str]:
+    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", str(BIN / "opt-train")]
+
+
+@pytest.fixture
+def tiny_overrides(demo_shards, demo_tokenizer, tmp_path) -> list[str]:
+    return [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
+            f"train.out_dir={tmp_path / 'run'}", "train.log_every=1", "data.num_workers=1",
+            "train.micro_batch_size=4", "train.checkpoint_every=0"]
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None

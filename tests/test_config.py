@@ -1,0 +1,64 @@
+import pytest
+
+from opt_scale.config import RunConfig, load_config
+from opt_scale.presets import PRESETS
+from opt_scale.utils.config_tools import ConfigError, apply_overrides, from_dict, to_dict
+
+from .conftest import run_cli
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ConfigError, match=r"model\.no_such_key"):
+        load_config("tiny", ["model.no_such_key=1"])
+
+
+def test_unknown_nested_key_lists_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", ["train.stpes=3"])
+    assert "train.stpes" in str(err.value) and "train.steps" in str(err.value)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["model.cross.layers=3", "train.lr=0.5", "data.train_shards=a.tar",
+                               "tasks.matching.class_probs=[0.1,0.1,0.1,0.1,0.6]", "train.zero_init=false"])
+    assert cfg.model.cross.layers == 3 and isinstance(cfg.model.cross.layers, int)
+    assert cfg.train.lr == 0.5
+    assert cfg.tasks.matching.class_probs == (0.1, 0.1, 0.1, 0.1, 0.6)
+    assert cfg.train.zero_init is False
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.cross.layers=two", "model.cross.layers"),
+    ("model.cross.heads=5", "model.cross.heads"),          # 128 not divisible by 5
+    ("tasks.matching.class_probs=[0.5,0.5,0.5,0,0]", "tasks.matching.class_probs"),
+    ("train.micro_batch_size=2", "train.micro_batch_size"),  # matching needs >= 3
+    ("model", "model"),
+])
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
+def test_roundtrip_through_dict_for_every_preset():
+    for name, preset in PRESETS.items():
+        cfg = preset()
+        assert from_dict(RunConfig, to_dict(cfg)) == cfg, name
+
+
+def test_from_dict_rejects_unknown_keys():
+    data = to_dict(PRESETS["tiny"]())
+    data["data"]["bogus"] = 1
+    with pytest.raises(ConfigError, match=r"data\.bogus"):
+        from_dict(RunConfig, data)
+
+
+def test_apply_overrides_does_not_mutate_input():
+    cfg = PRESETS["tiny"]()
+    apply_overrides(cfg, ["train.steps=7"])
+    assert cfg.train.steps != 7
+
+
+def test_opt_train_cli_refuses_unknown_key_at_once():
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", "model.no_such_key=1"], check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "model.no_such_key" in proc.stderr

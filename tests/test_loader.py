@@ -1,0 +1,114 @@
+"""The streaming loader: equal batch counts per slot, exact epochs, exact resume."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from opt_scale.data.config import DataConfig
+from opt_scale.data.loader import DataCursor, TrainLoader
+from opt_scale.data.plan import EpochPlan, Layout
+from opt_scale.data.sources import ShardInfo, resolve_shards
+from opt_scale.data.tokenizer import Tokenizer
+from opt_scale.presets import tiny
+
+
+def make_loader(demo_shards, demo_tokenizer, rank, world, workers, batch=4, cursor=None, block=8):
+    cfg = tiny()
+    shards = resolve_shards(str(demo_shards / "demo-index.json"))
+    return TrainLoader(shards, DataConfig(num_workers=workers, shuffle_block=block, prefetch_factor=2), cfg.model,
+                       cfg.tasks, Tokenizer(str(demo_tokenizer)), rank, world, batch, cursor=cursor)
+
+
+def test_plan_gives_equal_whole_batches_even_with_fewer_shards_than_slots():
+    shards = [ShardInfo(f"s{i}.tar", n) for i, n in enumerate([16, 16, 16])]
+    plan = EpochPlan(shards, epoch=0, seed=0, layout=Layout(world_size=2, workers_per_rank=2, batch_size=4))
+    runs = [plan.slot_intervals(s) for s in range(4)]
+    lengths = [sum(b - a for a, b in r) for r in runs]
+    assert lengths == [12, 12, 12, 12]
+    covered = [p for r in runs for a, b in r for p in range(a, b)]
+    assert len(covered) == len(set(covered)) == 48  # disjoint, nothing lost here
+
+
+def test_plan_rejects_nothing_silently_when_data_is_too_small():
+    shards = [ShardInfo("s.tar", 5)]
+    plan = EpochPlan(shards, 0, 0, Layout(2, 2, 4))
+    assert plan.per_slot == 0
+
+
+def test_three_shards_two_ranks_two_workers_yield_equal_batches(demo_shards, demo_tokenizer):
+    keys, counts = Counter(), []
+    for rank in range(2):
+        loader = make_loader(demo_shards, demo_tokenizer, rank, 2, 2)
+        n = loader.batches_per_epoch(0)
+        batches = [next(loader) for _ in range(n)]
+        counts.append(len(batches))
+        keys.update(k for b in batches for k in b["keys"])
+        assert all(loader.slot_state[s].epoch == 0 for s in loader.slot_state)
+    assert counts[0] == counts[1] == 6  # 48 samples / (4 slots x 4) = 3 batches per worker
+    assert sum(keys.values()) == 48 and max(keys.values()) == 1  # each sample once per epoch
+
+
+def test_batches_hold_every_task_input(demo_shards, demo_tokenizer):
+    b = next(make_loader(demo_shards, demo_tokenizer, 0, 1, 0))
+    B = 4
+    assert b["pixels"].shape == (B, 3, 64, 64) and b["pixels"].dtype == torch.uint8
+    assert b["mel"].shape[0] == B and b["mel"].shape[2] == 80
+    assert (b["mel_len"] <= b["mel"].shape[1]).all()
+    assert b["text_ids"].shape == b["mlm_input_ids"].shape == b["mlm_labels"].shape
+    kept_text = b["modality_keep"][:, 0]
+    assert ((b["mlm_labels"] != -100).sum(1)[kept_text] >= 1).all()      # at least one masked token
+    assert ((b["mlm_labels"] != -100).sum(1)[~kept_text] == 0).all()     # none where text is dropped
+    assert b["modality_keep"].any(1).all()                               # never all three dropped
+    for i, cls in enumerate(b["match_label"].tolist()):
+        img_swapped = b["match_image_src"][i] != i
+        aud_swapped = b["match_audio_src"][i] != i
+        assert (img_swapped, aud_swapped) == {0: (True, True), 1: (True, False), 2: (False, True),
+                                              3: (True, True), 4: (False, False)}[cls]
+        if cls == 0:
+            assert b["match_image_src"][i] == b["match_audio_src"][i]
+        if cls == 3:
+            assert b["match_image_src"][i] != b["match_audio_src"][i]
+
+
+def test_same_seed_same_stream_and_masks(demo_shards, demo_tokenizer):
+    a = [next(make_loader(demo_shards, demo_tokenizer, 0, 1, 2)) for _ in range(1)][0]
+    b = next(make_loader(demo_shards, demo_tokenizer, 0, 1, 2))
+    assert a["keys"] == b["keys"]
+    assert torch.equal(a["mlm_input_ids"], b["mlm_input_ids"]) and torch.equal(a["match_label"], b["match_label"])
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 7])
+def test_resume_from_cursor_replays_the_uninterrupted_stream(demo_shards, demo_tokenizer, stop_after):
+    full = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
+    reference = [next(full)["keys"] for _ in range(16)]  # crosses into epoch 1
+    first = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
+    seen = [next(first)["keys"] for _ in range(stop_after)]
+    cursor = DataCursor.from_dict(first.global_cursor([first.local_state()]).to_dict())
+    resumed = make_loader(demo_shards, demo_tokenizer, 0, 1, 2, cursor=cursor)
+    seen += [next(resumed)["keys"] for _ in range(16 - stop_after)]
+    assert seen == reference
+
+
+def test_resume_on_a_different_layout_reads_each_remaining_sample_once(demo_shards, demo_tokenizer):
+    two = [make_loader(demo_shards, demo_tokenizer, r, 2, 1) for r in range(2)]
+    consumed = Counter(k for ld in two for _ in range(2) for k in next(ld)["keys"])
+    cursor = two[0].global_cursor([ld.local_state() for ld in two])
+    one = make_loader(demo_shards, demo_tokenizer, 0, 1, 2, cursor=cursor)
+    rest = Counter()
+    while True:
+        b = next(one)
+        if one.epoch > 0:
+            break
+        rest.update(b["keys"])
+    assert not (set(consumed) & set(rest))           # nothing read twice
+    assert sum(consumed.values()) == 16 and max(rest.values()) == 1
+    assert sum(rest.values()) == 32                  # 48 - 16 re-split over 2 slots of 4
+
+
+def test_cursor_for_other_shards_is_refused(demo_shards, demo_tokenizer):
+    ld = make_loader(demo_shards, demo_tokenizer, 0, 1, 0)
+    cursor = ld.global_cursor([ld.local_state()])
+    cursor.fingerprint = "0" * 16
+    with pytest.raises(ValueError, match="different shard set"):
+        make_loader(demo_shards, demo_tokenizer, 0, 1, 0, cursor=cursor)
