@@ -1,0 +1,44 @@
+"""``opt-bench``: reproducible throughput/memory figures, on a laptop CPU or an H100 node.
+
+Every subcommand prints a table, writes JSON (``--json``), and with ``--plot``
+draws a PNG; results carry the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .machine import describe
+from .report import write_json
+
+# subcommand -> module exposing add_arguments(parser) and run(args) -> dict
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opt-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
+                            description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.add_argument("--json", default=f"runs/bench/{name}.json", help="where to write the results as JSON")
+        sp.add_argument("--plot", default=None, metavar="PNG", help="also draw the results into this PNG")
+        module.add_arguments(sp)
+        sp.set_defaults(module=module)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.module.run(args)
+    result["machine"] = describe()
+    write_json(result, args.json)
+    return 0 if result.get("ok", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
