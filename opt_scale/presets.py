@@ -1,25 +1,43 @@
 """Named model/training presets, from CI-sized to multi-billion-parameter.
 
-``base`` follows the paper's cross-modal encoder (12 layers, 768 hidden, 12
-heads, FFN 3072); ``xl`` only fits with ZeRO-3 partitioning.
+``base`` follows the paper: cross-modal encoder 12 layers / 768 hidden / 12
+heads / FFN 3072, and the public code's decoders (6 layers, d=1024, 16
+heads). ``xl`` (~10B parameters) only fits with ZeRO-3 partitioning.
+Run ``opt-train --config NAME --print-model`` for parameters and FLOPs per part.
 """
 
 from __future__ import annotations
 
 from opt_scale.config import RunConfig
 from opt_scale.engine.config import TrainConfig
-from opt_scale.model.config import AudioConfig, CrossConfig, ModelConfig, TextConfig, VisionConfig
+from opt_scale.model.config import (AudioConfig, CrossConfig, ImageDecoderConfig, ModelConfig, TextConfig,
+                                    TextDecoderConfig, VisionConfig, VQConfig)
 
 
 def _shape(layers: int, hidden: int, heads: int) -> dict:
     return dict(layers=layers, hidden=hidden, heads=heads, ffn=4 * hidden)
 
 
+def _model(tower: dict, cross: dict, decoder: dict, *, max_len: int, image: int, patch: int, audio_s: float,
+           conv: int, vq: VQConfig, conv_layers: int = 2) -> ModelConfig:
+    return ModelConfig(
+        text=TextConfig(max_len=max_len, **tower),
+        vision=VisionConfig(image_size=image, patch_size=patch, **tower),
+        audio=AudioConfig(max_seconds=audio_s, conv_channels=conv, conv_layers=conv_layers, **tower),
+        cross=CrossConfig(**cross),
+        text_decoder=TextDecoderConfig(**decoder),
+        image_decoder=ImageDecoderConfig(**decoder),
+        vq=vq,
+    )
+
+
 def tiny() -> RunConfig:
     s = _shape(2, 128, 4)
     return RunConfig(
-        model=ModelConfig(text=TextConfig(max_len=40, **s), vision=VisionConfig(image_size=64, patch_size=8, **s),
-                          audio=AudioConfig(max_seconds=5.0, conv_channels=32, **s), cross=CrossConfig(**s)),
+        # Three stride-2 convs (80 ms audio tokens) keep the cross-modal
+        # sequence short enough for CPU runs.
+        model=_model(s, s, s, max_len=40, image=64, patch=8, audio_s=5.0, conv=32, conv_layers=3,
+                     vq=VQConfig(codebook_size=1024, channels=64)),
         train=TrainConfig(steps=300, micro_batch_size=8, lr=1e-3, warmup_steps=30, out_dir="runs/tiny"),
     )
 
@@ -27,8 +45,8 @@ def tiny() -> RunConfig:
 def small() -> RunConfig:
     s = _shape(4, 256, 4)
     return RunConfig(
-        model=ModelConfig(text=TextConfig(max_len=64, **s), vision=VisionConfig(image_size=128, patch_size=16, **s),
-                          audio=AudioConfig(max_seconds=10.0, conv_channels=64, **s), cross=CrossConfig(**s)),
+        model=_model(s, s, s, max_len=64, image=128, patch=16, audio_s=10.0, conv=64,
+                     vq=VQConfig(codebook_size=4096, channels=96)),
         train=TrainConfig(steps=20_000, micro_batch_size=32, lr=5e-4, warmup_steps=1000, out_dir="runs/small"),
     )
 
@@ -36,8 +54,8 @@ def small() -> RunConfig:
 def base() -> RunConfig:
     s = _shape(12, 768, 12)
     return RunConfig(
-        model=ModelConfig(text=TextConfig(max_len=128, **s), vision=VisionConfig(image_size=224, patch_size=16, **s),
-                          audio=AudioConfig(max_seconds=20.0, conv_channels=256, **s), cross=CrossConfig(**s)),
+        model=_model(s, s, _shape(6, 1024, 16), max_len=128, image=224, patch=16, audio_s=20.0, conv=256,
+                     vq=VQConfig(codebook_size=8192, channels=128, res_blocks=2)),
         train=TrainConfig(steps=200_000, micro_batch_size=64, lr=1e-4, warmup_steps=10_000, out_dir="runs/base"),
     )
 
@@ -45,8 +63,8 @@ def base() -> RunConfig:
 def large() -> RunConfig:
     s = _shape(24, 1024, 16)
     return RunConfig(
-        model=ModelConfig(text=TextConfig(max_len=128, **s), vision=VisionConfig(image_size=224, patch_size=14, **s),
-                          audio=AudioConfig(max_seconds=20.0, conv_channels=256, **s), cross=CrossConfig(**s)),
+        model=_model(s, s, _shape(12, 1024, 16), max_len=128, image=224, patch=16, audio_s=20.0, conv=256,
+                     vq=VQConfig(codebook_size=8192, channels=128, res_blocks=2)),
         train=TrainConfig(steps=300_000, micro_batch_size=32, lr=8e-5, warmup_steps=10_000, out_dir="runs/large"),
     )
 
@@ -54,8 +72,8 @@ def large() -> RunConfig:
 def xl() -> RunConfig:
     s = _shape(32, 2560, 32)
     return RunConfig(
-        model=ModelConfig(text=TextConfig(max_len=128, **s), vision=VisionConfig(image_size=224, patch_size=14, **s),
-                          audio=AudioConfig(max_seconds=20.0, conv_channels=512, **s), cross=CrossConfig(**s)),
+        model=_model(s, s, _shape(16, 2560, 32), max_len=128, image=224, patch=16, audio_s=20.0, conv=512,
+                     vq=VQConfig(codebook_size=8192, channels=128, res_blocks=2)),
         train=TrainConfig(steps=300_000, micro_batch_size=16, lr=5e-5, warmup_steps=10_000, out_dir="runs/xl"),
     )
 

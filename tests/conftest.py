@@ -47,6 +47,17 @@ def demo_tokenizer(demo_shards, tmp_path_factory) -> Path:
     return Path(train_tokenizer(str(demo_shards / "demo-index.json"), 128, str(out)))
 
 
+@pytest.fixture(scope="session")
+def demo_vq(demo_shards, demo_tokenizer, tmp_path_factory) -> Path:
+    """A VQ tokenizer trained by `opt-train --task vq` (briefly) on the demo shards."""
+    out = tmp_path_factory.mktemp("vq")
+    run_cli(["opt-train", "--task", "vq", "--config", "tiny", "--set",
+             f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
+             f"train.out_dir={out}", "train.steps=6", "train.micro_batch_size=8", "data.num_workers=0",
+             "train.log_every=2", "model.vq.codebook_size=256"], timeout=300)
+    return out / "vq.safetensors"
+
+
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, check: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run one of our console scripts (or python -m) from the test venv."""
@@ -65,8 +76,9 @@ def torchrun_args(nproc: int) -> list[str]:
 
 
 @pytest.fixture
-def tiny_overrides(demo_shards, demo_tokenizer, tmp_path) -> list[str]:
+def tiny_overrides(demo_shards, demo_tokenizer, demo_vq, tmp_path) -> list[str]:
     return [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
+            f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256",
             f"train.out_dir={tmp_path / 'run'}", "train.log_every=1", "data.num_workers=1",
             "train.micro_batch_size=4", "train.checkpoint_every=0"]
 

@@ -49,5 +49,5 @@ def plot_lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, t
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return "-" if v is None else str(v)

@@ -26,13 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted config overrides, e.g. --set train.steps=100 model.cross.layers=4; sections: "
                         "model.{text,vision,audio,cross}, tasks.{mlm,modality_mask,matching}, data, train. "
                         "Unknown keys are refused. See --print-config for every key and its value")
+    p.add_argument("--task", choices=("pretrain", "vq"), default=None,
+                   help="what to train: pretrain (OPT, all pretext tasks) or vq (the image tokenizer whose codes "
+                        "MVM/DIR predict; writes <out_dir>/vq.safetensors). Shorthand for --set train.task=...")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    p.add_argument("--print-model", action="store_true",
+                   help="print parameters and FLOPs per sample for each part of the model (analytic; nothing is "
+                        "allocated, so it works for xl on a laptop) and exit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.overrides for item in group]
+    if args.task:
+        overrides.insert(0, f"train.task={args.task}")
     from opt_scale.config import load_config
     try:
         cfg = load_config(args.config, overrides)
@@ -41,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print_config:
         print(dumps(cfg))
+        return 0
+    if args.print_model:
+        from opt_scale.bench.report import print_table
+        from opt_scale.model.flops import DEFAULT_VOCAB, model_table
+        vocab = cfg.model.text.vocab_size or f"{DEFAULT_VOCAB} (assumed; set model.text.vocab_size)"
+        print_table(model_table(cfg.model), ["part", "params_M", "fwd_GFLOP_per_sample", "train_GFLOP_per_sample"],
+                    title=f"OPT {args.config}: vocab {vocab}, lengths text {cfg.model.text.max_len} / image "
+                          f"{cfg.model.vision.num_patches} / audio {cfg.model.audio.max_seconds:g}s")
         return 0
     from opt_scale.engine.trainer import train
     try:

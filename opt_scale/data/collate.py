@@ -15,8 +15,8 @@ from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
-from .masking import (IGNORE_INDEX, TEXT, matching_class, matching_sources, mlm_mask, modality_keep,
-                      sample_rng)
+from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, matching_class, matching_sources, mlm_mask,
+                      modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
 
 
@@ -37,6 +37,10 @@ class Collator:
         mlm_labels = np.full((n, text_len), IGNORE_INDEX, dtype=np.int64)
         keep = np.ones((n, 3), dtype=bool)
         mel = torch.zeros(n, frames, self.model_cfg.audio.n_mels)
+        patches = self.model_cfg.vision.num_patches
+        audio_tokens = self.model_cfg.audio.tokens_for_frames(frames)
+        mvm_mask = np.zeros((n, patches), dtype=bool)
+        mam_mask = np.zeros((n, audio_tokens), dtype=bool)
         classes, match_rngs = [], []
         for i, s in enumerate(samples):
             L = len(s.text_ids)
@@ -48,6 +52,14 @@ class Collator:
             if keep[i, TEXT]:  # a masked-out text modality has no positions to predict
                 mlm_labels[i, :L] = labels
             mel[i, : s.mel.shape[0]] = s.mel
+            # Token-level masks only where the modality is present in the masked view.
+            if keep[i, IMAGE]:
+                mvm_mask[i] = token_mask(sample_rng(self.seed, epoch, s.key, "mvm"), patches, patches,
+                                         self.tasks.mvm.prob)
+            if keep[i, AUDIO]:
+                mam_mask[i] = token_mask(sample_rng(self.seed, epoch, s.key, "mam"),
+                                         self.model_cfg.audio.tokens_for_frames(s.mel.shape[0]), audio_tokens,
+                                         self.tasks.mam.prob)
             rng = sample_rng(self.seed, epoch, s.key, "matching")
             classes.append(matching_class(rng, self.tasks.matching))
             match_rngs.append(rng)
@@ -62,6 +74,8 @@ class Collator:
             "mel": mel,
             "mel_len": torch.tensor([s.mel.shape[0] for s in samples]),
             "modality_keep": torch.from_numpy(keep),
+            "mvm_mask": torch.from_numpy(mvm_mask),
+            "mam_mask": torch.from_numpy(mam_mask),
             "match_label": torch.tensor(classes),
             "match_image_src": torch.from_numpy(image_src),
             "match_audio_src": torch.from_numpy(audio_src),

@@ -48,6 +48,17 @@ def mlm_mask(ids: np.ndarray, rng: np.random.Generator, cfg: MLMConfig, vocab_si
     return inputs, labels
 
 
+def token_mask(rng: np.random.Generator, valid: int, total: int, prob: float) -> np.ndarray:
+    """Mask ``prob`` of the first ``valid`` of ``total`` positions, at least one."""
+    mask = np.zeros(total, dtype=bool)
+    if valid <= 0:
+        return mask
+    mask[:valid] = rng.random(valid) < prob
+    if not mask.any():
+        mask[rng.integers(valid)] = True
+    return mask
+
+
 def modality_keep(rng: np.random.Generator, prob: float) -> np.ndarray:
     """Mask each modality whole with ``prob``; never all three at once."""
     while True:

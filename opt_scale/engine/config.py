@@ -11,6 +11,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
+    task: str = "pretrain"           # pretrain | vq (the image tokenizer that MVM/DIR need)
     steps: int = 300                 # optimizer steps
     micro_batch_size: int = 8        # samples per rank per forward
     grad_accum: int = 1              # micro-batches per optimizer step
@@ -34,6 +35,7 @@ class TrainConfig:
     max_bad_steps: int = 5           # consecutive non-finite losses before aborting
 
     def validate(self) -> None:
+        require(self.task in ("pretrain", "vq"), "train.task", f"must be pretrain or vq, got {self.task!r}")
         require(self.steps > 0, "train.steps", "must be positive")
         require(self.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
         require(self.grad_accum > 0, "train.grad_accum", "must be positive")

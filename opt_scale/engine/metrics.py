@@ -78,9 +78,11 @@ class RunLogger:
         for k in sorted(values):
             if k.startswith("loss/") and k != "loss/total":
                 parts.append(f"{k[5:]} {values[k]:.3f}")
-        for k in ("acc/matching",):
-            if k in values:
+        for k in sorted(values):
+            if k.startswith("acc/"):
                 parts.append(f"{k[4:]}_acc {values[k]:.2f}")
+        if "vq/perplexity" in values:
+            parts.append(f"perplexity {values['vq/perplexity']:.1f}")
         parts += [f"lr {values.get('train/lr', 0):.2e}",
                   f"{values.get('throughput/samples_per_s', 0):.1f} samples/s",
                   f"data wait {100 * values.get('throughput/data_wait_fraction', 0):.0f}%",

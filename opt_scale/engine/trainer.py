@@ -16,12 +16,13 @@ from opt_scale.config import RunConfig
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
 from opt_scale.data.sources import resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
-from opt_scale.tasks.pretrainer import OPTPretrainer
+from opt_scale.tasks.registry import build_task_module, load_frozen_vq
 from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
 
 from . import distributed
 from .checkpoint import Checkpointer
+from .export import gather_full_state_dict
 from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
@@ -49,7 +50,8 @@ def fill_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> None:
                           f"{tokenizer.path} has {tokenizer.vocab_size} pieces; set it to 0 to follow the tokenizer")
 
 
-def build_model(cfg: RunConfig, ds_cfg: dict) -> OPTPretrainer:
+def build_model(cfg: RunConfig, ds_cfg: dict) -> torch.nn.Module:
+    frozen_vq = load_frozen_vq(cfg)  # outside zero.Init: replicated, never partitioned
     if zero_stage(ds_cfg) == 3 and cfg.train.zero_init:
         import deepspeed
         # Parameters are partitioned as each module is built: the xl preset
@@ -58,7 +60,7 @@ def build_model(cfg: RunConfig, ds_cfg: dict) -> OPTPretrainer:
     else:
         ctx = contextlib.nullcontext()
     with ctx:
-        return OPTPretrainer(cfg.model, cfg.tasks)
+        return build_task_module(cfg, frozen_vq)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -133,7 +135,7 @@ def train(cfg: RunConfig) -> RunSummary:
             engine.backward(out["loss"])
             engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary
             window.mean({("loss/total" if k == "loss" else k): float(v.detach())
-                         for k, v in out.items() if k.startswith(("loss", "acc"))})
+                         for k, v in out.items() if k.startswith(("loss", "acc", "vq/"))})
         state.step += 1
         state.samples_seen += global_batch
         window.steps += 1
@@ -171,6 +173,15 @@ def train(cfg: RunConfig) -> RunSummary:
     loop_seconds = time.perf_counter() - loop_start
     if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
         last_ckpt = save()
+    if cfg.train.task == "vq":
+        from opt_scale.model.vq_io import save_vq
+        state_dict = gather_full_state_dict(engine)
+        if dist_env.is_main:
+            prefix = "tokenizer."
+            save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, cfg.model.vq,
+                    cfg.model.vision.patch_size, out_dir / "vq.safetensors")
+            log.info("VQ tokenizer: %s (use it with --set model.vq.checkpoint=%s)", out_dir / "vq.safetensors",
+                     out_dir / "vq.safetensors")
     logger.close()
     samples = (state.step - first_step) * global_batch
     return RunSummary(steps=state.step, first_loss=first_loss or float("nan"), last_loss=last_loss or float("nan"),

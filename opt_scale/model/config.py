@@ -85,11 +85,56 @@ class CrossConfig(TransformerShape):
 
 
 @dataclass
+class TextDecoderConfig(TransformerShape):
+    """Caption decoder: causal self-attention + cross-attention to the
+    cross-modal encoding; input and output embeddings tied."""
+    kind: str = "transformer"
+    label_smoothing: float = 0.1
+
+    def validate(self) -> None:
+        self.check("model.text_decoder")
+        require(0 <= self.label_smoothing < 1, "model.text_decoder.label_smoothing", "must be in [0, 1)")
+
+
+@dataclass
+class ImageDecoderConfig(TransformerShape):
+    """Autoregressive decoder over the VQ codes of an image."""
+    kind: str = "transformer"
+
+    def validate(self) -> None:
+        self.check("model.image_decoder")
+
+
+@dataclass
+class VQConfig:
+    """VQ image tokenizer (trained by ``opt-train --task vq``, frozen after).
+
+    Its grid equals the ViT patch grid (downsampling factor = patch size), so
+    each patch has exactly one code: the MVM target of that patch."""
+    codebook_size: int = 8192
+    code_dim: int = 32             # l2-normalised codes: cosine lookup keeps the codebook in use
+    channels: int = 64             # width of the conv encoder/decoder
+    res_blocks: int = 1
+    commitment: float = 0.25
+    ema_decay: float = 0.99
+    checkpoint: str = ""           # vq.safetensors from `opt-train --task vq` (needed by MVM/DIR/generation)
+
+    def validate(self) -> None:
+        require(self.codebook_size >= 2, "model.vq.codebook_size", "must be >= 2")
+        require(0 < self.ema_decay < 1, "model.vq.ema_decay", "must be in (0, 1)")
+
+
+@dataclass
 class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     cross: CrossConfig = field(default_factory=CrossConfig)
+    text_decoder: TextDecoderConfig = field(default_factory=TextDecoderConfig)
+    image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
 
     def validate(self) -> None:
         self.cross.check("model.cross")
+        require(self.text.hidden == self.cross.hidden, "model.text.hidden",
+                f"must equal model.cross.hidden ({self.cross.hidden}): the MLM head ties the text embedding")

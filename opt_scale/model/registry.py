@@ -10,6 +10,7 @@ from opt_scale.utils.config_tools import ConfigError
 
 from .audio_encoder import AudioEncoder
 from .cross_encoder import CrossModalEncoder
+from .decoders import ImageDecoder, TextDecoder
 from .text_encoder import TextEncoder
 from .vision_encoder import VisionEncoder
 
@@ -18,6 +19,8 @@ PARTS: dict[str, dict[str, type]] = {
     "vision": {"vit": VisionEncoder},
     "audio": {"logmel_conv": AudioEncoder},
     "cross": {"prenorm": CrossModalEncoder},
+    "text_decoder": {"transformer": TextDecoder},
+    "image_decoder": {"transformer": ImageDecoder},
 }
 
 

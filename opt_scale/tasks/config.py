@@ -48,7 +48,51 @@ class MatchingConfig:
 
 
 @dataclass
+class MVMConfig:
+    """Masked vision modelling: predict the VQ code of each masked patch."""
+    weight: float = 1.0
+    prob: float = 0.15
+    regress_weight: float = 0.0  # optional L2 regression of the masked patches' pixels
+
+    def validate(self) -> None:
+        require(0 < self.prob < 1, "tasks.mvm.prob", "must be in (0, 1)")
+
+
+@dataclass
+class MAMConfig:
+    """Masked audio modelling over subsampled log-mel tokens."""
+    weight: float = 1.0
+    prob: float = 0.15
+    temperature: float = 0.1     # InfoNCE: positive = the true token feature, negatives = other masked tokens
+    l2_weight: float = 0.0       # optional L2 regression of the true token feature
+
+    def validate(self) -> None:
+        require(0 < self.prob < 1, "tasks.mam.prob", "must be in (0, 1)")
+        require(self.temperature > 0, "tasks.mam.temperature", "must be positive")
+
+
+@dataclass
+class DTRConfig:
+    """Denoising text reconstruction by the text decoder."""
+    weight: float = 1.0
+
+
+@dataclass
+class DIRConfig:
+    """Image reconstruction: the image decoder predicts the VQ codes."""
+    weight: float = 1.0
+
+
+@dataclass
 class TasksConfig:
     mlm: MLMConfig = field(default_factory=MLMConfig)
+    mvm: MVMConfig = field(default_factory=MVMConfig)
+    mam: MAMConfig = field(default_factory=MAMConfig)
     modality_mask: ModalityMaskConfig = field(default_factory=ModalityMaskConfig)
+    dtr: DTRConfig = field(default_factory=DTRConfig)
+    dir: DIRConfig = field(default_factory=DIRConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+
+    @property
+    def needs_vq(self) -> bool:
+        return self.mvm.weight > 0 or self.dir.weight > 0

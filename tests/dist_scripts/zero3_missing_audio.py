@@ -1,0 +1,89 @@
+"""Two optimizer steps of a small OPT under DeepSpeed ZeRO-3, one process or
+two; writes every micro-batch's losses as JSON.
+
+Batch A has all three modalities; batch B has no audio at all (zero valid
+frames, audio dropped). Two ranks: rank 0 trains on A, rank 1 on B. One
+process: the same two batches as two accumulated micro-batches, which gives
+the same averaged gradient, so the losses must agree step for step.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from opt_scale.engine import distributed  # noqa: E402
+from tests.model_fixtures import random_vq, small_config  # noqa: E402
+
+VOCAB = 60
+
+
+def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    L, T = 12, 80
+    text = torch.randint(5, VOCAB, (B, L), generator=g)
+    text[:, 0], text[:, -1] = 2, 3
+    text_len = torch.full((B,), L)
+    mlm_labels = torch.full((B, L), -100)
+    mlm_labels[:, 3] = text[:, 3]
+    mlm_input = text.clone()
+    mlm_input[:, 3] = 4
+    n_patch = cfg.model.vision.num_patches
+    mvm = torch.zeros(B, n_patch, dtype=torch.bool)
+    mvm[:, ::7] = True
+    keep = torch.ones(B, 3, dtype=torch.bool)
+    if with_audio:
+        mel, mel_len = torch.randn(B, T, 80, generator=g), torch.full((B,), T)
+        mam = torch.zeros(B, cfg.model.audio.tokens_for_frames(T), dtype=torch.bool)
+        mam[:, ::5] = True
+    else:  # no audio in this batch at all: a masked dummy, never a skipped tower
+        mel, mel_len = torch.zeros(B, 4, 80), torch.zeros(B, dtype=torch.long)
+        mam = torch.zeros(B, cfg.model.audio.tokens_for_frames(4), dtype=torch.bool)
+        keep[:, 2] = False
+    return {"text_ids": text, "text_len": text_len, "mlm_input_ids": mlm_input, "mlm_labels": mlm_labels,
+            "pixels": torch.randint(0, 256, (B, 3, 64, 64), dtype=torch.uint8, generator=g), "mel": mel,
+            "mel_len": mel_len, "modality_keep": keep, "mvm_mask": mvm, "mam_mask": mam,
+            "match_label": torch.tensor([4, 1, 2, 0][:B]), "match_image_src": torch.tensor([0, 2, 2, 0][:B]),
+            "match_audio_src": torch.tensor([0, 1, 3, 0][:B])}
+
+
+def main(out_path: str) -> None:
+    env = distributed.detect()
+    distributed.prepare_environment(env)
+    import deepspeed
+    distributed.init(env)
+    from opt_scale.engine.config import TrainConfig
+    from opt_scale.engine.ds_config import build_ds_config
+    from opt_scale.tasks.pretrainer import OPTPretrainer
+
+    cfg = small_config(VOCAB)
+    accum = 2 if env.world_size == 1 else 1
+    train = TrainConfig(micro_batch_size=4, grad_accum=accum, ds_config="zero3_cpu", precision="fp32",
+                        lr=1e-3, warmup_steps=0, grad_clip=1.0)
+    ds = build_ds_config(train, env.world_size)
+    vq = random_vq(cfg, seed=1)
+    torch.manual_seed(0)
+    with deepspeed.zero.Init(config_dict_or_path=ds):
+        net = OPTPretrainer(cfg.model, cfg.tasks, vq=vq)
+    opt = torch.optim.AdamW(net.parameters(), lr=train.lr)
+    engine, *_ = deepspeed.initialize(model=net, optimizer=opt, config=ds)
+    batches = [synthetic_batch(cfg, 10, True), synthetic_batch(cfg, 11, False)]
+    mine = batches if env.world_size == 1 else [batches[env.rank]]
+    record = []
+    for step in range(2):
+        for micro, batch in enumerate(mine):
+            out = engine(batch)
+            engine.backward(out["loss"])
+            engine.step()
+            record.append({"step": step, "batch": micro if env.world_size == 1 else env.rank,
+                           **{k: float(v) for k, v in out.items() if k.startswith("loss")}})
+    path = out_path if env.world_size == 1 else f"{out_path}.rank{env.rank}"
+    with open(path, "w") as f:
+        json.dump(record, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

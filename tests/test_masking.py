@@ -1,0 +1,71 @@
+"""Masks, negatives and labels: right proportions, deterministic per (seed, epoch, key)."""
+
+import numpy as np
+import pytest
+
+from opt_scale.data.masking import (IGNORE_INDEX, matching_class, matching_sources, mlm_mask, modality_keep,
+                                    sample_rng, token_mask)
+from opt_scale.tasks.config import MatchingConfig, MLMConfig
+
+SPECIAL = frozenset({0, 1, 2, 3, 4})
+MASK_ID = 4
+
+
+def test_mlm_rates_follow_bert_80_10_10():
+    ids = np.concatenate([[2], np.arange(10, 110), [3]])
+    chosen = to_mask = to_random = kept = 0
+    for k in range(400):
+        inputs, labels = mlm_mask(ids, sample_rng(0, 0, f"k{k}", "mlm"), MLMConfig(), 500, MASK_ID, SPECIAL)
+        sel = labels != IGNORE_INDEX
+        assert labels[0] == labels[-1] == IGNORE_INDEX  # [bos]/[eos] never masked
+        assert (labels[sel] == ids[sel]).all()
+        chosen += sel.sum()
+        to_mask += (inputs[sel] == MASK_ID).sum()
+        kept += (inputs[sel] == ids[sel]).sum()
+        to_random += ((inputs[sel] != MASK_ID) & (inputs[sel] != ids[sel])).sum()
+        assert not set(inputs[sel & (inputs != MASK_ID)]) & (SPECIAL - {MASK_ID})
+    assert chosen / (400 * 100) == pytest.approx(0.15, abs=0.01)
+    assert to_mask / chosen == pytest.approx(0.8, abs=0.02)
+    assert to_random / chosen == pytest.approx(0.1, abs=0.02)
+    assert kept / chosen == pytest.approx(0.1, abs=0.02)
+
+
+def test_mlm_masks_at_least_one_token_of_a_short_caption():
+    ids = np.array([2, 50, 3])
+    for k in range(50):
+        _, labels = mlm_mask(ids, sample_rng(0, 0, f"s{k}", "mlm"), MLMConfig(), 100, MASK_ID, SPECIAL)
+        assert (labels != IGNORE_INDEX).sum() >= 1
+
+
+def test_token_mask_stays_within_valid_length():
+    for k in range(50):
+        m = token_mask(sample_rng(0, 0, f"a{k}", "mam"), valid=7, total=20, prob=0.15)
+        assert m.sum() >= 1 and not m[7:].any()
+    assert not token_mask(sample_rng(0, 0, "empty", "mam"), 0, 5, 0.15).any()
+
+
+def test_modality_masking_rate_and_never_all_three():
+    keeps = np.array([modality_keep(sample_rng(0, 0, f"m{k}", "modality"), 0.3) for k in range(3000)])
+    assert keeps.any(1).all()
+    # P(masked | not all masked) = (0.3 - 0.027) / (1 - 0.027) for each modality
+    assert (~keeps).mean(0) == pytest.approx([(0.3 - 0.027) / 0.973] * 3, abs=0.03)
+
+
+def test_matching_classes_are_uniform_and_sources_consistent():
+    classes = [matching_class(sample_rng(0, 0, f"c{k}", "matching"), MatchingConfig()) for k in range(5000)]
+    assert np.bincount(classes, minlength=5) / 5000 == pytest.approx([0.2] * 5, abs=0.025)
+    rngs = [sample_rng(0, 0, f"b{k}", "matching") for k in range(5)]
+    image_src, audio_src = matching_sources([0, 1, 2, 3, 4], rngs)
+    assert image_src[0] == audio_src[0] != 0
+    assert image_src[1] != 1 and audio_src[1] == 1
+    assert image_src[2] == 2 and audio_src[2] != 2
+    assert image_src[3] != 3 and audio_src[3] != 3 and image_src[3] != audio_src[3]
+    assert image_src[4] == audio_src[4] == 4
+
+
+def test_draws_depend_on_seed_epoch_and_key_only():
+    a = sample_rng(1, 2, "key", "mlm").random(4)
+    assert np.array_equal(a, sample_rng(1, 2, "key", "mlm").random(4))
+    for other in (sample_rng(0, 2, "key", "mlm"), sample_rng(1, 3, "key", "mlm"), sample_rng(1, 2, "kex", "mlm"),
+                  sample_rng(1, 2, "key", "mvm")):
+        assert not np.array_equal(a, other.random(4))
