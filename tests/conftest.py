@@ -58,6 +58,20 @@ def demo_vq(demo_shards, demo_tokenizer, tmp_path_factory) -> Path:
     return out / "vq.safetensors"
 
 
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, demo_tokenizer, demo_vq, tmp_path_factory) -> Path:
+    """A 2-rank ZeRO-3 pre-training run (4 steps) shared by the tests that
+    only read its outputs (checkpoint, TensorBoard, export, evaluation)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    overrides = [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
+                 f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256", f"train.out_dir={run}",
+                 "train.log_every=1", "data.num_workers=1", "train.micro_batch_size=4", "train.checkpoint_every=0",
+                 "train.steps=4"]
+    proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides], timeout=600)
+    (run / "stdout.txt").write_text(proc.stdout)
+    return run
+
+
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, check: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run one of our console scripts (or python -m) from the test venv."""

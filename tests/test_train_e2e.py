@@ -5,16 +5,13 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import run_cli, torchrun_args
+from .conftest import run_cli
 
 
 @pytest.mark.distributed
-def test_two_rank_zero3_training_writes_checkpoint_and_tensorboard(tiny_overrides, tmp_path):
-    args = torchrun_args(2) + ["--config", "tiny", "--set", *tiny_overrides, "train.steps=4"]
-    proc = run_cli(args, timeout=600)
-    assert "opt-train summary" in proc.stdout
-
-    run = tmp_path / "run"
+def test_two_rank_zero3_training_writes_checkpoint_and_tensorboard(trained_run):
+    assert "opt-train summary" in (trained_run / "stdout.txt").read_text()
+    run = trained_run
     ckpt = run / "checkpoints" / "step_00000004"
     marker = json.loads((ckpt / "COMPLETE.json").read_text())
     assert marker["step"] == 4 and marker["world_size"] == 2

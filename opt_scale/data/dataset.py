@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import Collator
 from .decode import SampleDecoder, SampleError
-from .plan import EpochPlan, Layout, block_permutation
+from .plan import EpochPlan, Layout, block_permutation, stream_to_global
 from .shard_reader import iter_samples
 from .sources import ShardInfo
 
@@ -83,7 +83,7 @@ class SlotBatches(IterableDataset):
         for block_start in range(first_block, plan.per_slot, K):
             n = min(K, plan.per_slot - block_start)
             raws = [next(reader) for _ in range(n)]
-            perm = block_permutation(self.seed, plan.epoch, _global_position(intervals, block_start), n)
+            perm = block_permutation(self.seed, plan.epoch, stream_to_global(intervals, block_start), n)
             for j, idx in enumerate(perm):
                 pos = block_start + j
                 if pos < consumed:
@@ -155,11 +155,3 @@ class SlotBatches(IterableDataset):
                 wait = 2 ** attempt
                 log.warning("reading %s failed (%s); retry %d in %ds", url, exc, attempt + 1, wait)
                 time.sleep(wait)
-
-
-def _global_position(intervals: list[tuple[int, int]], stream_pos: int) -> int:
-    for a, b in intervals:
-        if stream_pos < b - a:
-            return a + stream_pos
-        stream_pos -= b - a
-    return intervals[-1][1] if intervals else 0

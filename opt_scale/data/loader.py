@@ -61,6 +61,7 @@ class TrainLoader:
         self.shards = shards
         self.rank = rank
         self.seed = data_cfg.seed
+        self.shuffle_block = data_cfg.shuffle_block
         self.layout = Layout(world_size, max(1, data_cfg.num_workers), batch_size)
         self.fingerprint = shards_fingerprint(shards)
         start, self.epoch_intervals, self.batches_consumed = self._start_from(cursor)
@@ -138,7 +139,7 @@ class TrainLoader:
         epoch = min(c["epoch"] for c in cursor.slots)
         old_plan = EpochPlan(self.shards, epoch, self.seed, old, cursor.epoch_intervals.get(epoch))
         consumed = [c["consumed"] if c["epoch"] == epoch else old_plan.per_slot for c in cursor.slots]
-        remainder = old_plan.remainder(consumed)
+        remainder = old_plan.remainder(consumed, self.shuffle_block)
         new_plan = EpochPlan(self.shards, epoch, self.seed, self.layout, remainder)
         left = sum(b - a for a, b in remainder)
         if new_plan.per_slot == 0:

@@ -55,6 +55,7 @@ class EpochPlan:
                  intervals: list[tuple[int, int]] | None = None):
         self.shards = shards
         self.epoch = epoch
+        self.seed = seed
         self.layout = layout
         self.order = shard_order(len(shards), seed, epoch)
         counts = [shards[i].num_samples for i in self.order]
@@ -97,18 +98,45 @@ class EpochPlan:
                 pos = stop
         return segs
 
-    def remainder(self, consumed: list[int]) -> list[tuple[int, int]]:
-        """Unread intervals of this epoch given samples consumed per slot."""
-        out = []
-        for slot, n in enumerate(consumed):
-            skip = n
-            for a, b in self.slot_intervals(slot):
-                if skip >= b - a:
-                    skip -= b - a
-                    continue
-                out.append((a + skip, b))
-                skip = 0
+    def remainder(self, consumed: list[int], shuffle_block: int) -> list[tuple[int, int]]:
+        """Unread global intervals of this epoch, given the samples each slot
+        has emitted. A slot emits each block of ``shuffle_block`` samples in a
+        seeded permutation, so the consumed part of a partly read block is
+        scattered; it is recomputed here with the same permutation."""
+        out: list[tuple[int, int]] = []
+        for slot, n_done in enumerate(consumed):
+            if n_done >= self.per_slot:
+                continue
+            intervals = self.slot_intervals(slot)
+            start = (n_done // shuffle_block) * shuffle_block
+            n = min(shuffle_block, self.per_slot - start)
+            perm = block_permutation(self.seed, self.epoch, stream_to_global(intervals, start), n)
+            taken = set(perm[: n_done - start].tolist())
+            for j in range(n):
+                if j not in taken:
+                    g = stream_to_global(intervals, start + j)
+                    out.append((g, g + 1))
+            out.extend(stream_range_to_global(intervals, start + n, self.per_slot))
         return _merge(out)
+
+
+def stream_to_global(intervals: list[tuple[int, int]], stream_pos: int) -> int:
+    """Global position of the ``stream_pos``-th sample of a slot run."""
+    for a, b in intervals:
+        if stream_pos < b - a:
+            return a + stream_pos
+        stream_pos -= b - a
+    return intervals[-1][1] if intervals else 0
+
+
+def stream_range_to_global(intervals: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
+    out, seen = [], 0
+    for a, b in intervals:
+        lo, hi = max(start, seen), min(stop, seen + b - a)
+        if lo < hi:
+            out.append((a + lo - seen, a + hi - seen))
+        seen += b - a
+    return out
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:

@@ -19,7 +19,10 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,51 +121,105 @@ class Checkpointer:
             return
         for old in complete_checkpoints(self.root)[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old.with_name(old.name + ".universal"), ignore_errors=True)
 
-    def verify(self, tag_dir: Path) -> bool:
-        """Collective: every rank checks its files against the marker."""
-        ok, why = True, ""
-        try:
-            marker = read_marker(tag_dir)
-            expected = marker["files"]
-            for p in _files_of_rank(tag_dir, self.rank):
-                want = expected.get(p.name)
-                if want is None or p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
-                    ok, why = False, f"{p.name} differs from what was written"
-                    break
-            mine = {n for n in expected if re.search(rf"zero_pp_rank_{self.rank}_", n)}
-            missing = mine - {p.name for p in tag_dir.iterdir()}
-            if ok and missing:
-                ok, why = False, f"missing {sorted(missing)}"
-        except Exception as exc:  # unreadable marker, vanished files...
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        if not ok:
-            log.warning("rank %d: checkpoint %s is damaged (%s)", self.rank, tag_dir, why)
-        return _all_true(ok)
-
-    def load(self, spec: str) -> dict | None:
-        """Load per ``spec`` ("" none, "auto" newest complete, or a path);
-        return the client state, or None for a fresh start."""
-        if not spec:
+    def load(self, point: "ResumePoint | None") -> dict | None:
+        """Load a point chosen by :func:`resolve_resume`; return its client state."""
+        if point is None:
             return None
-        if spec == "auto":
-            candidates = complete_checkpoints(self.root)
-            if not candidates:
-                log.info("resume=auto: no complete checkpoint under %s, starting fresh", self.root)
-                return None
-        else:
-            path = Path(spec)
-            if not (path / MARKER).is_file():
-                raise FileNotFoundError(f"train.resume={spec!r} is not a complete checkpoint (no {MARKER})")
-            candidates = [path]
-        for tag_dir in candidates:
-            if not self.verify(tag_dir):
-                log.warning("skipping damaged checkpoint %s; falling back to the previous one", tag_dir)
-                continue
-            _, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
-            if client is None:
-                raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
-            log.info("resumed from %s (step %s)", tag_dir, client.get("step"))
-            return client
-        raise RuntimeError(f"every checkpoint under {self.root} is damaged; nothing to resume from")
+        _, client = self.engine.load_checkpoint(str(point.path.parent), tag=point.path.name,
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if client is None:
+            raise RuntimeError(f"DeepSpeed could not load {point.path}")
+        log.info("resumed from %s (step %s%s)", point.path, client.get("step"),
+                 ", universal checkpoint: world size changed" if point.universal else "")
+        return client
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path          # the directory DeepSpeed loads (a tag dir, or its universal conversion)
+    step: int
+    universal: bool     # load with "checkpoint": {"load_universal": true}
+
+
+def resolve_resume(root: Path, spec: str, world_size: int) -> ResumePoint | None:
+    """Collective: pick the checkpoint to resume from, before the engine exists.
+
+    ``spec``: "" (fresh), "auto" (newest complete, falling back past damaged
+    ones), or a checkpoint directory. A checkpoint written by another number
+    of ranks is converted once to DeepSpeed's universal format (cached next
+    to it as ``<tag>.universal``) and loaded from there."""
+    if not spec:
+        return None
+    if spec == "auto":
+        candidates = complete_checkpoints(root)
+        if not candidates:
+            log.info("resume=auto: no complete checkpoint under %s, starting fresh", root)
+            return None
+    else:
+        path = Path(spec)
+        if not (path / MARKER).is_file():
+            raise FileNotFoundError(f"train.resume={spec!r} is not a complete checkpoint (no {MARKER})")
+        candidates = [path]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for tag_dir in candidates:
+        if not verify_files(tag_dir, rank):
+            log.warning("skipping damaged checkpoint %s; falling back to the previous one", tag_dir)
+            continue
+        marker = read_marker(tag_dir)
+        if marker["world_size"] == world_size:
+            return ResumePoint(tag_dir, marker["step"], universal=False)
+        log.warning("checkpoint %s was written by %d ranks, this run has %d: using DeepSpeed's universal "
+                    "checkpoint format", tag_dir, marker["world_size"], world_size)
+        return ResumePoint(ensure_universal(tag_dir, rank), marker["step"], universal=True)
+    raise RuntimeError(f"every checkpoint under {root} is damaged; nothing to resume from")
+
+
+def verify_files(tag_dir: Path, rank: int) -> bool:
+    """Collective: every rank checks its files against the marker; all agree.
+
+    A run resumed on fewer ranks than wrote the checkpoint has rank 0 also
+    check the files of the ranks that no longer exist."""
+    ok, why = True, ""
+    try:
+        marker = read_marker(tag_dir)
+        expected = marker["files"]
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        mine = [p for r in range(rank, max(world, marker["world_size"]), world) for p in _files_of_rank(tag_dir, r)]
+        for p in mine:
+            want = expected.get(p.name)
+            if want is None or p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
+                ok, why = False, f"{p.name} differs from what was written"
+                break
+        present = {p.name for p in tag_dir.iterdir()}
+        missing = sorted(n for n in expected if n not in present)
+        if ok and missing:
+            ok, why = False, f"missing {missing}"
+    except Exception as exc:  # unreadable marker, vanished files...
+        ok, why = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        log.warning("rank %d: checkpoint %s is damaged (%s)", rank, tag_dir, why)
+    return _all_true(ok)
+
+
+def ensure_universal(tag_dir: Path, rank: int) -> Path:
+    """Convert ``tag_dir`` to the universal format once (rank 0), cache it."""
+    out = tag_dir.with_name(tag_dir.name + ".universal")
+    if rank == 0 and not (out / MARKER).is_file():
+        tmp = tag_dir.with_name(tag_dir.name + ".universal.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.time()
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+               "--output_folder", str(tmp / tag_dir.name), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+        (tmp / tag_dir.name / MARKER).write_text(json.dumps({"source": str(tag_dir), "time": time.time()}))
+        os.replace(tmp / tag_dir.name, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("universal checkpoint %s written in %.1fs", out, time.time() - started)
+    if dist.is_initialized():
+        dist.barrier()
+    return out

@@ -33,6 +33,9 @@ class TrainConfig:
     keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
     log_every: int = 10              # steps between TensorBoard/console logs
     max_bad_steps: int = 5           # consecutive non-finite losses before aborting
+    peak_tflops: float = 0.0         # per-device peak for MFU; 0: from the device table (opt_scale/engine/peak.py)
+    log_samples: bool = False        # write the sample keys of every step to <out_dir>/samples/rank<r>.jsonl
+    inject_nan_at: tuple[int, ...] = ()  # testing aid: poison the loss with NaN at these steps
 
     def validate(self) -> None:
         require(self.task in ("pretrain", "vq"), "train.task", f"must be pretrain or vq, got {self.task!r}")
@@ -48,3 +51,4 @@ class TrainConfig:
         require(self.log_every > 0, "train.log_every", "must be positive")
         require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         require(self.max_bad_steps > 0, "train.max_bad_steps", "must be positive")
+        require(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0")

@@ -9,6 +9,7 @@ MASTER_ADDR (first host of ``scontrol show hostnames``) and MASTER_PORT.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -50,11 +51,20 @@ def prepare_environment(dist_env: DistEnv) -> None:
     if dist_env.launcher == "slurm" and "MASTER_PORT" not in env:
         env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
     env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", "29511")
+    if "MASTER_PORT" not in env:
+        # A lone process still needs a rendezvous port: take a free one, so
+        # several single-process runs on one host do not collide.
+        env["MASTER_PORT"] = str(free_port())
     if not torch.cuda.is_available():
         # DeepSpeed picks its accelerator at import time; on a CPU-only host
         # it must be told, before anything imports deepspeed.
         env.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def device_for(dist_env: DistEnv) -> torch.device:

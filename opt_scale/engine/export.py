@@ -1,12 +1,21 @@
-"""Consolidated weights from a running engine (every rank must call)."""
+"""Consolidated fp32 weights: from a running engine, or from a checkpoint on disk."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import MARKER, complete_checkpoints, read_marker
+
+EXPORT_FORMAT = "opt-scale-export-v1"
 
 
 def gather_full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """Full fp32 copy of the module's state on every rank.
+    """Full fp32 copy of the module's state on every rank (every rank must call).
 
     Under ZeRO-3 each parameter is gathered from its partitions (a
     collective); otherwise the local module already holds whole tensors."""
@@ -17,3 +26,78 @@ def gather_full_state_dict(engine) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
     return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        found = complete_checkpoints(root)
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"{path}: no complete checkpoint (a step_XXXXXXXX directory with {MARKER})")
+
+
+def consolidate(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights recovered by DeepSpeed's own zero_to_fp32 from the partitions."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    return {k: v.float() for k, v in state.items()}
+
+
+def split_aliases(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (the MLM head's projection is the text embedding) share
+    storage; safetensors stores each tensor once, aliases in the metadata."""
+    unique, aliases, by_ptr = {}, {}, {}
+    for name in sorted(state):
+        t = state[name]
+        key = (t.data_ptr(), t.shape, t.stride())
+        if key in by_ptr:
+            aliases[name] = by_ptr[key]
+        else:
+            by_ptr[key] = name
+            unique[name] = t.contiguous()
+    return unique, aliases
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ tokenizer, VQ) to ``out_dir``."""
+    tag_dir = find_checkpoint(checkpoint)
+    marker = read_marker(tag_dir)
+    client = torch.load(next(tag_dir.glob("*model_states.pt")), map_location="cpu", weights_only=False)
+    config = client.get("config")
+    if config is None:
+        raise ValueError(f"{tag_dir}: the checkpoint carries no config (not written by opt-train?)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unique, aliases = split_aliases(consolidate(tag_dir))
+    meta = {"format": EXPORT_FORMAT, "task": config["train"]["task"], "step": str(marker["step"]),
+            "aliases": json.dumps(aliases), "source": str(tag_dir.resolve())}
+    save_file(unique, str(out / "model.safetensors"), metadata=meta)
+    run_dir = tag_dir.parent.parent
+    for name in ("tokenizer.model",):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+            config["data"]["tokenizer"] = name
+    vq_path = config["model"]["vq"].get("checkpoint")
+    if vq_path and Path(vq_path).is_file():
+        shutil.copyfile(vq_path, out / "vq.safetensors")
+        config["model"]["vq"]["checkpoint"] = "vq.safetensors"
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def load_export_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The exported tensors with tied names restored, and the metadata."""
+    from safetensors import safe_open
+    path = Path(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path} is not an opt-export file")
+    state = load_file(str(path))
+    for alias, name in json.loads(meta["aliases"]).items():
+        state[alias] = state[name]
+    return state, meta

@@ -83,6 +83,8 @@ class RunLogger:
                 parts.append(f"{k[4:]}_acc {values[k]:.2f}")
         if "vq/perplexity" in values:
             parts.append(f"perplexity {values['vq/perplexity']:.1f}")
+        if "mfu" in values:
+            parts.append(f"{values['tflops/total']:.2f} TFLOP/s MFU {100 * values['mfu']:.1f}%")
         parts += [f"lr {values.get('train/lr', 0):.2e}",
                   f"{values.get('throughput/samples_per_s', 0):.1f} samples/s",
                   f"data wait {100 * values.get('throughput/data_wait_fraction', 0):.0f}%",

@@ -21,11 +21,13 @@ from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
 
 from . import distributed
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, resolve_resume
 from .export import gather_full_state_dict
 from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
+from .peak import peak_tflops
+from .throughput import batch_train_flops, modality_tokens
 from .state import TrainState, restore_rng_state, rng_state
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,29 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def modality_tokens(batch: dict, cfg: RunConfig) -> dict[str, float]:
-    audio_tokens = batch["mel_len"].clone()
-    for _ in range(cfg.model.audio.conv_layers):
-        audio_tokens = torch.div(audio_tokens - 1, 2, rounding_mode="floor") + 1
-    return {"text": float(batch["text_len"].sum()), "image": float(batch["pixels"].shape[0] * cfg.model.vision.num_patches),
-            "audio": float(audio_tokens.sum())}
+def open_sample_log(out_dir: Path, rank: int):
+    """Append-only record of the sample keys each step trained on (auditing
+    exact resume: no sample twice, none skipped)."""
+    path = out_dir / "samples" / f"rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a")
+
+
+def throughput_scalars(totals: dict[str, float], elapsed: float, peak: float | None, world: int) -> dict:
+    """tokens/s per modality, TFLOP/s per tower and MFU from window totals (summed over ranks)."""
+    out = {}
+    for key, value in totals.items():
+        kind, name = key.split("/", 1)
+        if kind == "tokens":
+            out[f"throughput/{name}_tokens_per_s"] = value / elapsed
+        elif kind == "flops":
+            out[f"tflops/{name}"] = value / elapsed / 1e12
+    flops = sum(v for k, v in totals.items() if k.startswith("flops/"))
+    if flops:
+        out["tflops/total"] = flops / elapsed / 1e12
+        if peak:
+            out["mfu"] = out["tflops/total"] / (peak * world)
+    return out
 
 
 def train(cfg: RunConfig) -> RunSummary:
@@ -98,6 +117,9 @@ def train(cfg: RunConfig) -> RunSummary:
                  out_dir, world, dist_env.launcher, len(shards), sum(s.num_samples for s in shards),
                  zero_stage(ds_cfg), "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32")
 
+    resume_point = resolve_resume(out_dir / "checkpoints", cfg.train.resume, world)
+    if resume_point is not None and resume_point.universal:
+        ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, ds_cfg)
     optimizer = build_optimizer(model, cfg.train, offloads_optimizer(ds_cfg))
@@ -105,7 +127,7 @@ def train(cfg: RunConfig) -> RunSummary:
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                            lr_scheduler=scheduler, config=ds_cfg)
     checkpointer = Checkpointer(out_dir / "checkpoints", engine, cfg.train.keep_checkpoints)
-    client = checkpointer.load(cfg.train.resume)
+    client = checkpointer.load(resume_point)
     state = TrainState.from_client(client)
     if client:
         restore_rng_state(client.get("rng"))
@@ -121,24 +143,40 @@ def train(cfg: RunConfig) -> RunSummary:
 
     first_step, first_loss, last_loss = state.step, None, None
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    pretraining = cfg.train.task == "pretrain"
+    precision = "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
+    peak, peak_source = peak_tflops(precision, cfg.train.peak_tflops)
+    if dist_env.is_main and pretraining:
+        log.info("MFU peak: %s TFLOP/s per rank (%s)", f"{peak:.1f}" if peak else "unknown", peak_source)
+    sample_log = open_sample_log(out_dir, dist_env.rank) if cfg.train.log_samples else None
     window, bad_streak = Window(), 0
     window_start = loop_start = time.perf_counter()
     data_wait = 0.0
     last_ckpt = None
     while state.step < cfg.train.steps:
+        step_keys = []
         for _ in range(cfg.train.grad_accum):
             t0 = time.perf_counter()
             batch = next(loader)
             data_wait += time.perf_counter() - t0
-            window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg).items()})
+            step_keys += batch.get("keys", [])
+            if pretraining:
+                window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg.model).items()})
+                window.total({f"flops/{p}": f for p, f in batch_train_flops(batch, cfg.model).items()})
             out = engine(to_device(batch, device))
-            engine.backward(out["loss"])
+            loss = out["loss"]
+            if state.step + 1 in cfg.train.inject_nan_at:
+                loss = loss * float("nan")
+            engine.backward(loss)
             engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary
             window.mean({("loss/total" if k == "loss" else k): float(v.detach())
                          for k, v in out.items() if k.startswith(("loss", "acc", "vq/"))})
         state.step += 1
         state.samples_seen += global_batch
         window.steps += 1
+        if sample_log is not None:
+            sample_log.write(json.dumps({"step": state.step, "keys": step_keys}) + "\n")
+            sample_log.flush()
         if engine.was_step_applied():
             bad_streak = 0
         else:  # DeepSpeed found non-finite gradients and discarded the step
@@ -162,7 +200,7 @@ def train(cfg: RunConfig) -> RunSummary:
                 "throughput/data_wait_fraction": data_wait / elapsed,
                 "memory/peak_bytes": peak_memory_bytes(),
             })
-            means.update({f"throughput/{k[7:]}_tokens_per_s": v / elapsed for k, v in totals.items()})
+            means.update(throughput_scalars(totals, elapsed, peak, world))
             logger.scalars(state.step, means)
             logger.console(state.step, means, first_step)
             first_loss = means["loss/total"] if first_loss is None else first_loss

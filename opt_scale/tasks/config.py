@@ -84,6 +84,16 @@ class DIRConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """Alignment of the towers' pooled embeddings (InfoNCE); see tasks/contrastive.py."""
+    weight: float = 1.0
+    dim: int = 128
+
+    def validate(self) -> None:
+        require(self.dim > 0, "tasks.contrastive.dim", "must be positive")
+
+
+@dataclass
 class TasksConfig:
     mlm: MLMConfig = field(default_factory=MLMConfig)
     mvm: MVMConfig = field(default_factory=MVMConfig)
@@ -92,6 +102,7 @@ class TasksConfig:
     dtr: DTRConfig = field(default_factory=DTRConfig)
     dir: DIRConfig = field(default_factory=DIRConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
     @property
     def needs_vq(self) -> bool:

@@ -29,6 +29,7 @@ from opt_scale.model.registry import part_class
 from opt_scale.model.vq import VQTokenizer
 
 from .config import TasksConfig
+from .contrastive import ContrastiveHead
 from .heads import MaskedTokenHead, MatchingHead
 from .mam import MAMHead
 
@@ -51,6 +52,7 @@ class OPTPretrainer(nn.Module):
         self.image_decoder = part_class("image_decoder", model_cfg.image_decoder.kind)(
             model_cfg.image_decoder, model_cfg.vq.codebook_size + 1, model_cfg.vision.num_patches, d)
         self.matching = MatchingHead(d)
+        self.contrastive = ContrastiveHead(d, tasks_cfg.contrastive.dim)
         self._vq = [vq]  # a list hides it from nn.Module: not partitioned, not optimised, not saved
 
     @property
@@ -71,6 +73,7 @@ class OPTPretrainer(nn.Module):
             audio_mask=cat(batch["mam_mask"], torch.zeros_like(batch["mam_mask"])),
             audio_features=cat(audio_features, audio_features),
         )
+        clean = {m: (tokens[B:], valid[B:]) for m, (tokens, valid) in zip(("text", "image", "audio"), towers)}
         towers = self._swap_for_matching(towers, B, batch["match_image_src"], batch["match_audio_src"])
         keep = cat(batch["modality_keep"], torch.ones_like(batch["modality_keep"]))
         out = self.model.fuse(towers, keep)
@@ -96,8 +99,11 @@ class OPTPretrainer(nn.Module):
         losses["dir"], _ = self.image_decoder(torch.cat([bos, codes[:, :-1]], 1), codes, memory, memory_lengths)
 
         losses["matching"], match_acc, _ = self.matching(out.cls[B:], batch["match_label"])
+        has_audio = batch["mel_len"] > 0  # text and images are always there; a batch may lack audio
+        present = torch.stack([torch.ones_like(has_audio), torch.ones_like(has_audio), has_audio], dim=1)
+        losses["contrastive"] = self.contrastive(clean, present)
         weights = {"mlm": t.mlm.weight, "mvm": t.mvm.weight, "mam": t.mam.weight, "dtr": t.dtr.weight,
-                   "dir": t.dir.weight, "matching": t.matching.weight}
+                   "dir": t.dir.weight, "matching": t.matching.weight, "contrastive": t.contrastive.weight}
         total = sum(weights[k] * v for k, v in losses.items())
         result = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()},
                   "acc/matching": match_acc, "acc/mam": mam_acc}

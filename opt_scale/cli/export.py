@@ -1,0 +1,31 @@
+"""``opt-export``: consolidate a DeepSpeed checkpoint into single-file fp32 weights.
+
+Writes ``model.safetensors`` (fp32, recovered from the ZeRO partitions by
+DeepSpeed's zero_to_fp32; tied weights stored once), ``config.json``, and
+copies of the tokenizer and VQ tokenizer, so that one CPU process can
+evaluate and generate from the directory (``opt-eval``, ``OPTGenerator``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="opt-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint directory (…/checkpoints/step_00000300) or a run directory "
+                                      "(its newest complete checkpoint is used)")
+    p.add_argument("--out", required=True, help="output directory")
+    args = p.parse_args(argv)
+    import os
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from opt_scale.engine.export import export_checkpoint
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported to {out}: model.safetensors, config.json, tokenizer.model, vq.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Exact resume: kill -9 mid-run, damaged checkpoints, NaN guard, world-size change."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+
+import pytest
+
+from opt_scale.bench.events import read_scalars
+
+from .conftest import BIN, REPO, run_cli, torchrun_args
+
+LOSS_TAGS = ("loss/total", "loss/mlm", "loss/mvm", "loss/mam", "loss/dtr", "loss/dir", "loss/matching")
+
+
+def losses_by_step(run_dir) -> dict[str, dict[int, float]]:
+    """Per tag, step -> value; a step logged twice (before a kill and after
+    the resume) keeps its last value."""
+    scalars = read_scalars(run_dir / "tensorboard")
+    return {tag: dict(scalars[tag]) for tag in LOSS_TAGS}
+
+
+def samples_by_step(run_dir, ranks: int) -> dict[int, list[list[str]]]:
+    steps = defaultdict(lambda: [None] * ranks)
+    for rank in range(ranks):
+        for line in (run_dir / "samples" / f"rank{rank}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            steps[rec["step"]][rank] = rec["keys"]
+    return dict(steps)
+
+
+def overrides(base: list[str], out, *extra) -> list[str]:
+    return [*[o for o in base if not o.startswith("train.out_dir=")], f"train.out_dir={out}",
+            "train.log_samples=true", *extra]
+
+
+@pytest.mark.distributed
+def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_path):
+    steps = ["train.steps=9", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides(tiny_overrides, ref, *steps)], timeout=600)
+
+    # The same run, killed with SIGKILL (no chance to clean up) after step 5.
+    proc = subprocess.Popen(torchrun_args(2) + ["--config", "tiny", "--set", *overrides(tiny_overrides, cut, *steps)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log0 = cut / "samples" / "rank0.jsonl"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if log0.exists() and len(log0.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (cut / "checkpoints" / "step_00000009").exists()
+
+    resumed = run_cli(torchrun_args(2) + ["--config", "tiny", "--set",
+                                          *overrides(tiny_overrides, cut, *steps, "train.resume=auto")], timeout=600)
+    assert "resumed from" in resumed.stdout
+
+    want, got = losses_by_step(ref), losses_by_step(cut)
+    for tag in LOSS_TAGS:
+        assert sorted(got[tag]) == list(range(1, 10))
+        for step in range(1, 10):  # fp32 on CPU: equal to within 1e-6
+            assert got[tag][step] == pytest.approx(want[tag][step], rel=1e-6, abs=1e-6), (tag, step)
+
+    want_keys, got_keys = samples_by_step(ref, 2), samples_by_step(cut, 2)
+    assert got_keys == want_keys
+    # 48 samples / (2 ranks x 1 worker x 4) = 6 steps per epoch: each sample exactly once.
+    epoch0 = [k for s in range(1, 7) for rank_keys in got_keys[s] for k in rank_keys]
+    assert len(epoch0) == len(set(epoch0)) == 48
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    base = overrides(tiny_overrides, run, "train.checkpoint_every=2", "train.keep_checkpoints=0")
+    run_cli(["opt-train", "--config", "tiny", "--set", *base, "train.steps=4"], timeout=300)
+    ckpts = run / "checkpoints"
+    newest = ckpts / "step_00000004"
+    optim = next(newest.glob("*optim_states.pt"))
+    data = bytearray(optim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, different content
+    optim.write_bytes(bytes(data))
+    (ckpts / "step_00000006").mkdir()  # an interrupted write: files but no COMPLETE marker
+    (ckpts / "step_00000006" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"partial")
+
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *base, "train.steps=5", "train.resume=auto"],
+                   timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "step_00000004 is damaged" in out and "falling back" in out
+    assert "resumed from" in out and "step_00000002" in out
+    losses = losses_by_step(run)["loss/total"]
+    assert max(losses) == 5
+
+
+def test_nan_steps_are_skipped_and_a_streak_aborts(tiny_overrides, tmp_path):
+    run = tmp_path / "one"
+    run_cli(["opt-train", "--config", "tiny", "--set", *overrides(tiny_overrides, run), "train.steps=4",
+             "train.inject_nan_at=[2]"], timeout=300)
+    scalars = read_scalars(run / "tensorboard")
+    assert dict(scalars["train/skipped_steps"])[4] == 1
+    lr = dict(scalars["train/lr"])
+    assert lr[2] == lr[1]  # the skipped step did not advance the schedule
+
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *overrides(tiny_overrides, tmp_path / "two"),
+                    "train.steps=6", "train.inject_nan_at=[2,3,4]", "train.max_bad_steps=3"], timeout=300,
+                   check=False)
+    assert proc.returncode != 0
+    assert "3 consecutive steps had non-finite loss" in proc.stdout + proc.stderr
+
+
+@pytest.mark.distributed
+def test_resume_on_a_different_world_size_uses_a_universal_checkpoint(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    base = overrides(tiny_overrides, run, "train.checkpoint_every=3")
+    run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *base, "train.steps=3"], timeout=600)
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *base, "train.steps=5", "train.resume=auto"],
+                   timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "universal checkpoint" in out and "resumed from" in out
+    assert (run / "checkpoints" / "step_00000003.universal" / "COMPLETE.json").is_file()
+    # The data continues where the two ranks left off: no sample of epoch 0 twice.
+    seen = []
+    for rank in range(2):
+        for line in (run / "samples" / f"rank{rank}.jsonl").read_text().splitlines():
+            seen += json.loads(line)["keys"]
+    assert len(seen) == len(set(seen)) == 2 * 3 * 4 + 2 * 4
+    assert max(dict(read_scalars(run / "tensorboard")["loss/total"])) == 5
