@@ -14,7 +14,9 @@ from .machine import describe
 from .report import write_json
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "shards": "opt_scale.bench.shards",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
