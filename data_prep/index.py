@@ -7,7 +7,7 @@ shared files, so they cannot race on them). The build manifest
 missing or stale shard is an error, never a silently shorter index.
 
 Index format: wids (``{"__kind__": "wids-shard-index-v1", "wids_version": 1,
-"shardlist": [{"url", "nsamples", "filesize", "md5sum", ...}]}``), urls
+"shardlist": [{"url", "nsamples", "filesize", ...}]}``), urls
 relative to the index, plus our own fields (sha256, inputs, failures).
 Everything in it is deterministic: the same input gives the same bytes.
 """
@@ -71,7 +71,7 @@ def merge_index(out_dir: str | Path, prefix: str, allow_incomplete: bool = False
                 missing.append(paths.tar.name)
                 continue
             shardlist.append({"url": paths.tar.name, "nsamples": stats["nsamples"], "filesize": stats["filesize"],
-                              "md5sum": stats.get("md5sum"), "sha256": stats["sha256"],
+                              "sha256": stats["sha256"],
                               "ninput": stats["ninput"], "failures": stats["failures"]})
             if paths.failures.exists():
                 failure_texts.append(paths.failures.read_text())

@@ -135,7 +135,6 @@ def build_shard(job: ShardJob, ctx: WorkerContext, on_record=None) -> dict:
         "failures": dict(sorted(reasons.items())),
         "filesize": paths.tar.stat().st_size,
         "sha256": writer.sha256,
-        "md5sum": writer.md5,
         "member_bytes": dict(sorted(writer.member_bytes.items())),
         "audio_cropped": cropped,
         "csv_row_missing": csv_missing,

@@ -1,6 +1,6 @@
 """``opt-shards verify``: read every shard, decode every sample, check against the index.
 
-Checks, per shard: the file exists with the indexed size, sha256 and md5;
+Checks, per shard: the file exists with the indexed size and sha256;
 tar members are regular files whose sample members are contiguous; every
 sample has an image, a 16 kHz mono audio track, a non-empty UTF-8 caption and
 metadata naming its own key; the sample count matches the index. Across the
@@ -38,12 +38,11 @@ class ShardCheck:
 class _HashingReader:
     def __init__(self, f):
         self._f = f
-        self.sha256, self.md5 = hashlib.sha256(), hashlib.md5()
+        self.sha256 = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
         self.sha256.update(data)
-        self.md5.update(data)
         return data
 
 
@@ -64,9 +63,8 @@ def check_shard(path: str, expected: dict | None) -> ShardCheck:
         while reader.read(1 << 20):  # the padding after the end-of-archive blocks counts too
             pass
     if expected:
-        for algo, digest in (("sha256", reader.sha256), ("md5sum", reader.md5)):
-            if expected.get(algo) and digest.hexdigest() != expected[algo]:
-                check.problems.append(f"shard {check.shard}: {algo} mismatch (content changed or corrupted)")
+        if expected.get("sha256") and reader.sha256.hexdigest() != expected["sha256"]:
+            check.problems.append(f"shard {check.shard}: sha256 mismatch (content changed or corrupted)")
         if check.nsamples != expected.get("nsamples"):
             check.problems.append(f"shard {check.shard}: {check.nsamples} samples, index says {expected.get('nsamples')}")
     return check
