@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
     d.add_argument("--workers", type=int, default=None, help="processes used (default: up to 4)")
     d.add_argument("--real-media", type=int, default=0, metavar="N",
-                   help="also write N narratives with real photos (scikit-image) and real speech "
-                        "(sound-theme-freedesktop, espeak-ng), in varied formats, rates and orientations")
+                   help="also write narratives for N real photos (scikit-image; every third photo has two "
+                        "narratives) with real speech (sound-theme-freedesktop, espeak-ng), in varied image "
+                        "formats and orientations and audio rates, channel counts and lengths")
     d.add_argument("--bad-inputs", action="store_true",
                    help="also write one narrative per kind of bad input (missing/corrupt media, bad JSON, "
                         "unsafe paths, duplicates, ...), in a second annotation file")

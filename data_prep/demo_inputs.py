@@ -143,15 +143,22 @@ def make_recording(variant: str, caption: str, i: int) -> tuple[bytes, float]:
 
 
 def write_real_media(out: Path, n: int, rng: np.random.Generator) -> dict[str, dict]:
+    """``n`` images; every third also gets a second narrative (another annotator), as in the release."""
     (out / "recordings" / RECORDING_DIR).mkdir(parents=True, exist_ok=True)
     described: dict[str, dict] = {}
     lines = []
     names = list(PHOTOS)
-    for i in range(n):
-        photo, image_variant, audio_variant = names[i % 4], IMAGE_VARIANTS[i % 7], AUDIO_VARIANTS[i % 4]
-        image_id, annotator = _new_id(rng), int(rng.integers(1, 200))
+    narratives = [(i, 0) for i in range(n)] + [(i, 1) for i in range(0, n, 3)]
+    images: dict[int, tuple[str, str, int | None]] = {}
+    for i, second in narratives:
+        photo, image_variant = names[i % 4], IMAGE_VARIANTS[i % 7]
+        audio_variant = AUDIO_VARIANTS[(i + second) % 4]
+        annotator = int(rng.integers(1, 200)) + 200 * second  # distinct from the first narrative's
         upright = _photo(photo)
-        file_name, csv_rotation = store_image(upright, image_variant, out / "images" / image_id)
+        if i not in images:
+            image_id = _new_id(rng)
+            images[i] = (image_id, *store_image(upright, image_variant, out / "images" / image_id))
+        image_id, file_name, csv_rotation = images[i]
         caption = PHOTOS[photo]
         audio, seconds = make_recording(audio_variant, caption, i)
         rel = f"{RECORDING_DIR}/{RECORDING_DIR}_{image_id}_{annotator}.ogg"

@@ -56,8 +56,9 @@ def contact_sheet(tiles: list[tuple[Image.Image, str]], columns: int = 4) -> Ima
     for i, (image, text) in enumerate(tiles):
         x = 8 + (i % columns) * (THUMB + 8)
         y = 8 + (i // columns) * (THUMB + text_h + 8)
-        thumb = image.copy()
-        thumb.thumbnail((THUMB, THUMB))
+        scale = THUMB / max(image.size)  # small shard images are enlarged too, to be legible
+        thumb = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
         head, _, caption = text.partition("\n")
         lines = [head] + textwrap.wrap(caption, width=THUMB // 6)[:CAPTION_LINES]
