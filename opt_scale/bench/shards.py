@@ -40,7 +40,7 @@ DISTINCT_MEDIA = 16  # distinct images/recordings; samples reuse them as separat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", type=int, default=192, help="narratives (samples) in the generated input")
+    p.add_argument("--samples", type=int, default=384, help="narratives (samples) in the generated input")
     p.add_argument("--workers", default="1,2", help="comma-separated --workers values to measure")
     p.add_argument("--samples-per-shard", type=int, default=32, help="passed to opt-shards build")
     p.add_argument("--image-short-side", type=int, default=384, help="passed to opt-shards build")
@@ -50,24 +50,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-args", default="", help="extra arguments for opt-shards build (one string)")
     p.add_argument("--stages", action="store_true", help="also time each stage in-process and compare resamplers")
     p.add_argument("--target", type=float, default=25.0, help="samples/s/core goal, reported as met or missed")
+    p.add_argument("--scan-lines", type=int, default=0, metavar="N",
+                   help="also time the planning pre-pass on an N-line JSONL of realistic narratives (no media)")
+    p.add_argument("--scan-line-kb", type=float, default=8.0, help="average size of those lines (mostly traces)")
     p.add_argument("--command", default="", help="build command to time instead of this venv's `opt-shards` "
-                                                 "(e.g. 'python -m opt_scale.data_prep.cli' with PYTHONPATH set)")
+                                                 "(e.g. \"env -C /tmp PYTHONPATH=OLD_TREE python -m opt_scale.data_prep.cli\": "
+                                                 "not from the repository, whose opt_scale/ would shadow PYTHONPATH)")
 
 
 def run(args: argparse.Namespace) -> dict:
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # absolute: --command may run elsewhere
     width, height = (int(v) for v in args.image_size.lower().split("x"))
-    inputs = ensure_inputs(work / "inputs", args.samples, args.audio_seconds, (width, height))
+    inputs = ensure_inputs(work / f"inputs-{args.samples}-{args.image_size}-{args.audio_seconds:g}s",
+                           args.samples, args.audio_seconds, (width, height))
     rows = []
     for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
         rows.append(time_build(inputs, work / f"out-w{workers}", workers, args))
-    print_table(rows, ["workers", "samples", "wall_s", "cpu_s", "samples_per_cpu_s", "samples_per_s",
-                       "samples_per_s_per_core", "gb_written"],
+    print_table(rows, ["workers", "samples", "wall_s", "cpu_s", "samples_per_cpu_s", "shard_cpu_ms_per_sample",
+                       "samples_per_s", "samples_per_s_per_core", "gb_written"],
                 title=f"opt-shards build, {args.samples} x ({args.image_size} JPEG + {args.audio_seconds:g} s 48 kHz Vorbis)")
     best = max(r["samples_per_cpu_s"] for r in rows)
     print(f"best samples/s/core (CPU time): {best:.1f} (target {args.target:g}: {'met' if best >= args.target else 'MISSED'})")
     result = {"bench": "shards", "rows": rows, "target_samples_per_s_per_core": args.target,
               "best_samples_per_s_per_core": best, "config": vars(args) | {"module": None}}
+    if args.scan_lines:
+        result["scan"] = [scan_scaling(work / "scan", args.scan_lines, args.scan_line_kb, w)
+                          for w in [int(w) for w in args.workers.split(",") if w.strip()]]
+        print_table(result["scan"], ["workers", "lines", "gb", "wall_s", "cpu_s", "mb_per_cpu_s", "mb_per_s",
+                                     "peak_rss_mb", "table_bytes_per_line"],
+                    title="planning pre-pass (scan + duplicates + held-out split + shard plan), one job")
     if args.stages:
         result["stages"] = stage_costs(inputs)
         result["resamplers"] = compare_resamplers()
@@ -96,9 +107,14 @@ def time_build(inputs: Path, out: Path, workers: int, args: argparse.Namespace) 
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     index = json.loads((out / "bench-index.json").read_text())
     samples = sum(s["nsamples"] for s in index["shardlist"])
+    # Steady state, from the sidecars: CPU spent inside shard building (no startup, no pre-pass).
+    sidecars = [json.loads(p.read_text()) for p in out.glob("bench-*.stats.json")]
+    shard_cpu = sum(s.get("cpu_seconds", 0.0) for s in sidecars)
     cores = min(workers, os.cpu_count() or 1)
     return {"workers": workers, "samples": samples, "wall_s": round(seconds, 2), "cpu_s": round(cpu, 2),
-            "samples_per_cpu_s": round(samples / cpu, 2), "samples_per_s": round(samples / seconds, 2),
+            "samples_per_cpu_s": round(samples / cpu, 2),
+            "shard_cpu_ms_per_sample": round(shard_cpu / samples * 1000, 2) if shard_cpu else None,
+            "samples_per_s": round(samples / seconds, 2),
             "samples_per_s_per_core": round(samples / seconds / cores, 2),
             "gb_written": round(sum(s["filesize"] for s in index["shardlist"]) / 1e9, 4)}
 
@@ -278,3 +294,53 @@ def compare_resamplers(seconds: float = 30.0, rate: int = 48_000) -> list[dict]:
     print_table(rows, ["resampler", "cpu_ms_per_30s", "snr_1khz_db", "gain_7khz_db", "alias_8k5_db", "alias_10k_20k_db"],
                 title=f"resampling {seconds:g} s, {rate} Hz -> 16 kHz, float32")
     return rows
+
+
+# ---------------------------------------------------------------- pre-pass scaling
+
+def scan_scaling(root: Path, n: int, line_kb: float, workers: int) -> dict:
+    """Time the pre-pass in a fresh process (so its peak RSS is the pre-pass's own)."""
+    path = root / f"narratives-{n}-{line_kb:g}kb.jsonl"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"writing {n} narratives to {path} ...", flush=True)
+        rng = np.random.default_rng(1)
+        points = max(1, int(line_kb * 1024 / 44))  # one {"x", "y", "t"} point is ~44 bytes of JSON
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for i in range(n):
+                image_id = f"{int(rng.integers(1 << 63)):016x}" if i % 5 else f"{(i // 5) * 7919:016x}"
+                xyt = rng.random((points, 3))
+                trace = [{"x": round(x, 4), "y": round(y, 4), "t": round(40 * t, 3)} for x, y, t in xyt.tolist()]
+                f.write(json.dumps({"dataset_id": "open_images", "image_id": image_id, "annotator_id": i % 7,
+                                    "caption": CAPTION, "timed_caption": [], "traces": [trace],
+                                    "voice_recording": f"open_images_train/open_images_train_{image_id}_{i % 7}.ogg"})
+                        + "\n")
+        tmp.rename(path)
+    code = ("import json, resource, sys, time\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "from opt_scale.data_prep.input_scan import scan_inputs\n"
+            "from opt_scale.data_prep.planning import HoldoutSpec, make_plan\n"
+            f"path, workers = {str(path)!r}, {workers}\n"
+            "t = time.perf_counter()\n"
+            "if workers > 1:\n"
+            "    with ProcessPoolExecutor(workers) as pool:\n"
+            "        table = scan_inputs([path], ('openimage5k',), map_fn=pool.map)\n"
+            "else:\n"
+            "    table = scan_inputs([path], ('openimage5k',))\n"
+            "plan = make_plan(table, 1000, [HoldoutSpec('openimage5k', 5000)], 'p')\n"
+            "seconds = time.perf_counter() - t\n"
+            "arrays = [table.file_index, table.line_no, table.offset, table.length, table.valid, table.key_digest,\n"
+            "          table.image_digest, table.holdout_rank, plan.duplicate_of, plan.split_of]\n"
+            "cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)\n"
+            "          for f in ('ru_utime', 'ru_stime'))\n"
+            "print(json.dumps({'lines': len(table), 'seconds': seconds, 'cpu': cpu,\n"
+            "                  'bytes_per_line': sum(a.nbytes for a in arrays) / len(table),\n"
+            "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    gb = path.stat().st_size / 1e9
+    return {"workers": workers, "lines": got["lines"], "gb": round(gb, 3), "wall_s": round(got["seconds"], 2),
+            "cpu_s": round(got["cpu"], 2), "mb_per_cpu_s": round(gb * 1000 / got["cpu"], 1),
+            "mb_per_s": round(gb * 1000 / got["seconds"], 1),
+            "peak_rss_mb": round(got["rss_mb"]), "table_bytes_per_line": round(got["bytes_per_line"], 1)}
