@@ -34,7 +34,7 @@ from .planning import BuildPlan, HoldoutSpec, ShardTask, make_plan
 from .samples import SampleOptions
 from .shard_build import (ShardJob, ShardPaths, WorkerContext, build_shard, build_shard_in_worker, finished_stats,
                           init_worker)
-from .shard_writer import atomic_write_bytes
+from .shard_writer import atomic_write_bytes, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,14 @@ def resolve_job(num_jobs: int | None, job_index: int | None, env=os.environ) -> 
                                    "pass --num-jobs and --job-index explicitly")
         env_index = (task - low) // step
     jobs = num_jobs if num_jobs is not None else (env_jobs or 1)
-    index = job_index if job_index is not None else env_index
-    if index is None:
-        if jobs != 1:
-            raise BuildConfigError("--num-jobs > 1 needs --job-index (or a Slurm job array)")
-        index = 0
+    if job_index is not None:
+        index = job_index
+    elif jobs == 1:
+        index = 0  # e.g. a whole build per array task: --num-jobs 1
+    elif env_index is not None:
+        index = env_index
+    else:
+        raise BuildConfigError("--num-jobs > 1 needs --job-index (or a Slurm job array)")
     if jobs < 1 or not 0 <= index < jobs:
         raise BuildConfigError(f"job index {index} is outside 0..{jobs - 1} (array ids must be contiguous; "
                                "otherwise pass --num-jobs and --job-index)")
@@ -182,8 +185,10 @@ def build(opts: BuildOptions) -> BuildResult:
         size_gb = sum(os.path.getsize(f) for f in files) / 1e9
         log.info("scanning %d annotation file(s), %.2f GB, with %d process(es)", len(files), size_gb, workers)
         table = scan_inputs(files, tuple(h.name for h in holdouts), map_fn=pool.map)
+        if len(table) == 0:
+            raise BuildConfigError(f"no narratives in {', '.join(files)}")
         plan = make_plan(table, opts.samples_per_shard, holdouts, opts.prefix)
-        write_manifest(out_dir, opts, identity, build_id, plan)
+        write_manifest(out_dir, opts, identity, build_id, plan, num_jobs)
         mine = plan.tasks_for_job(job_index, num_jobs)
         todo = []
         for task in mine:
@@ -249,7 +254,8 @@ def prepare_out_dir(out_dir: Path, opts: BuildOptions, build_id: str, num_jobs: 
     log.warning("--overwrite: deleted %d file(s) of the previous build %s", removed, old["build_id"])
 
 
-def write_manifest(out_dir: Path, opts: BuildOptions, identity: dict, build_id: str, plan: BuildPlan) -> None:
+def write_manifest(out_dir: Path, opts: BuildOptions, identity: dict, build_id: str, plan: BuildPlan,
+                   num_jobs: int) -> None:
     """Every job writes the same bytes here (atomically), so jobs may race on it harmlessly."""
     t = plan.table
     manifest = {
@@ -260,6 +266,8 @@ def write_manifest(out_dir: Path, opts: BuildOptions, identity: dict, build_id: 
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
     path = manifest_path(out_dir, opts.prefix)
+    if num_jobs == 1:  # alone in the directory: a killed run's temporary is stale (never another job's)
+        remove_stale_temps(path)
     if not path.exists() or path.read_bytes() != data:
         atomic_write_bytes(path, data)
 
@@ -270,11 +278,14 @@ def load_csv_rows(csv_path: str | None, plan: BuildPlan, tasks: list[ShardTask])
         return None if not csv_path else {}
     rows = np.concatenate([t.rows for t in tasks])
     digests = plan.table.image_digest[rows[plan.table.valid[rows]]]
+    wanted = np.unique(digests)
     started = time.time()
-    by_id = load_rows(csv_path, np.unique(digests).tolist())
-    log.info("Open Images CSV: %d of %d image(s) found in %.1f s", len(by_id), len(np.unique(digests)),
-             time.time() - started)
-    return {digest64(image_id): {image_id: row} for image_id, row in by_id.items()}
+    by_id = load_rows(csv_path, wanted.tolist())
+    log.info("Open Images CSV: %d of %d image(s) found in %.1f s", len(by_id), len(wanted), time.time() - started)
+    by_digest: dict[int, dict] = {}
+    for image_id, row in by_id.items():  # ids sharing a 64-bit digest keep both rows
+        by_digest.setdefault(digest64(image_id), {})[image_id] = row
+    return by_digest
 
 
 def make_job(plan: BuildPlan, task: ShardTask, csv_rows: dict[int, dict] | None) -> ShardJob:

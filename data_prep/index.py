@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from .shard_build import ShardPaths, finished_stats
-from .shard_writer import atomic_write_bytes
+from .shard_writer import atomic_write_bytes, remove_stale_temps
 
 MANIFEST_KIND = "opt-shards-build-v1"
 FAILURES_FILE = "failures.jsonl"
@@ -88,6 +88,10 @@ def merge_index(out_dir: str | Path, prefix: str, allow_incomplete: bool = False
         }
     if missing and not allow_incomplete:
         raise IncompleteBuildError(missing)
+    # The merge runs alone (after every job): temporaries of the shared files are a killed run's.
+    for path in [index_path(out_dir, s["stem"]) for s in splits] + [out_dir / FAILURES_FILE,
+                                                                     manifest_path(out_dir, prefix)]:
+        remove_stale_temps(path)
     for split in splits:
         index = indexes[split["name"]]
         atomic_write_bytes(index_path(out_dir, split["stem"]), json.dumps(index, indent=1).encode())

@@ -87,18 +87,21 @@ def test_index_counts_sizes_and_checksums_match_the_shards(prep_reference):
             assert stats["ninput"] == stats["nsamples"] + stats["nfailed"] and stats["seconds"] >= 0
 
 
+def _real_media(raw, reference):
+    """(description written by demo-data --real-media, built sample, its metadata) per real narrative."""
+    real = json.loads((raw / "extras" / "real_media.json").read_text())
+    samples = _all_samples(reference.dir)
+    return [(desc, samples[key], json.loads(samples[key]["json"])) for key, desc in real.items()]
+
+
 def _mean_abs_error(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, np.float32) - np.asarray(b.resize(a.size), np.float32)).mean())
 
 
 def test_real_photos_come_out_upright_rgb_and_resized_with_their_metadata(prep_raw, prep_reference):
     from skimage import data
-    real = json.loads((prep_raw / "extras" / "real_media.json").read_text())
-    samples = _all_samples(prep_reference.dir)
     variants = set()
-    for key, desc in real.items():
-        sample = samples[key]
-        meta = json.loads(sample["json"])
+    for desc, sample, meta in _real_media(prep_raw, prep_reference):
         out = Image.open(io.BytesIO(sample["jpg"]))
         assert out.format == "JPEG" and out.mode == "RGB" and min(out.size) == 64
         upright = Image.fromarray(getattr(data, desc["photo"])()).convert("RGB")
@@ -110,7 +113,8 @@ def test_real_photos_come_out_upright_rgb_and_resized_with_their_metadata(prep_r
         assert meta["image"]["rotation_applied"] == {"exif6": "exif:6", "csv90": "csv:90"}.get(
             desc["image_variant"], "none")
         assert meta["image"]["size"] == list(out.size)
-        assert meta["image"]["sha256"] == hashlib.sha256((prep_raw / "images" / desc["image_file"]).read_bytes()).hexdigest()
+        source = prep_raw / "images" / desc["image_file"]
+        assert meta["image"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
         assert meta["open_images"]["license"] == "https://creativecommons.org/licenses/by/2.0/"
         assert meta["open_images"]["author"] == "scikit-image sample data"
         variants.add(desc["image_variant"])
@@ -118,12 +122,10 @@ def test_real_photos_come_out_upright_rgb_and_resized_with_their_metadata(prep_r
 
 
 def test_audio_is_16k_mono_flac_capped_and_described(prep_raw, prep_reference):
-    real = json.loads((prep_raw / "extras" / "real_media.json").read_text())
-    samples = _all_samples(prep_reference.dir)
+    real = _real_media(prep_raw, prep_reference)
     seen_rates = set()
-    for key, desc in real.items():
-        sample = samples[key]
-        meta = json.loads(sample["json"])["audio"]
+    for desc, sample, meta in real:
+        meta = meta["audio"]
         wave, rate = sf.read(io.BytesIO(sample["flac"]), always_2d=True)
         assert rate == 16_000 and wave.shape[1] == 1
         assert np.abs(wave).max() > 0.05  # speech, not silence
@@ -134,7 +136,7 @@ def test_audio_is_16k_mono_flac_capped_and_described(prep_raw, prep_reference):
         assert meta["seconds"] == pytest.approx(wave.shape[0] / 16_000, abs=1e-3)
         seen_rates.add((meta["original_rate"], meta["original_channels"]))
     assert {(48000, 1), (8000, 1), (44100, 2)} <= seen_rates
-    assert any(d["audio_seconds"] > 6.0 for d in real.values())
+    assert any(desc["audio_seconds"] > 6.0 for desc, _, _ in real)
 
 
 def test_held_out_split_takes_whole_images_disjoint_from_training(prep_reference):

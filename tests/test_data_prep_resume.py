@@ -100,9 +100,11 @@ def test_rerun_repairs_every_state_a_crash_can_leave(prep_raw, prep_reference, t
     # A sidecar of another build.
     stats = json.loads((out / "shard-heldout-000000.stats.json").read_text())
     (out / "shard-heldout-000000.stats.json").write_text(json.dumps({**stats, "build_id": "0" * 16}))
-    # Killed before the index merge.
+    # Killed before the index merge, or during it, or while writing the manifest.
     (out / "shard-index.json").unlink()
     (out / "failures.jsonl").unlink()
+    for name in ("shard-index.json", "failures.jsonl", "shard-build.json"):
+        (out / f"{name}.tmp-othernode-77").write_text("partial")
 
     proc = run_cli(prep_build_args(prep_raw, out, "--workers", "1"))
     assert "4 shard(s) built" in proc.stdout
