@@ -336,7 +336,8 @@ def scan_scaling(root: Path, n: int, line_kb: float, workers: int) -> dict:
             "          for f in ('ru_utime', 'ru_stime'))\n"
             "print(json.dumps({'lines': len(table), 'seconds': seconds, 'cpu': cpu,\n"
             "                  'bytes_per_line': sum(a.nbytes for a in arrays) / len(table),\n"
-            "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, i.e. the (torch-sized) parent's
+            "                  'rss_mb': int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     gb = path.stat().st_size / 1e9
