@@ -246,11 +246,11 @@ def prepare_out_dir(out_dir: Path, opts: BuildOptions, build_id: str, num_jobs: 
     stems = [s["stem"] for s in old["splits"]]
     pattern = re.compile("^(" + "|".join(map(re.escape, stems)) +
                          r")(-\d{6}\.(tar|stats\.json|failures\.jsonl)|-index\.json|-build\.json)(\.tmp-.*)?$")
-    removed = 0
-    for p in out_dir.iterdir():
-        if pattern.match(p.name) or p.name == "failures.jsonl":
-            p.unlink()
-            removed += 1
+    doomed = [p for p in out_dir.iterdir() if pattern.match(p.name) or p.name == "failures.jsonl"]
+    manifest = manifest_path(out_dir, opts.prefix)
+    for p in sorted(doomed, key=lambda p: p == manifest):  # the manifest last: a killed --overwrite can be redone
+        p.unlink()
+    removed = len(doomed)
     log.warning("--overwrite: deleted %d file(s) of the previous build %s", removed, old["build_id"])
 
 

@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "own shard set PREFIX-NAME-*.tar and index; repeatable")
     b.add_argument("--workers", type=int, default=1, help="worker processes (one shard each at a time)")
     b.add_argument("--num-jobs", type=int, default=None,
-                   help="split the shards over this many jobs (default: SLURM_ARRAY_TASK_COUNT, else 1)")
+                   help="split the shards over this many jobs; None: SLURM_ARRAY_TASK_COUNT in a Slurm job "
+                        "array, else 1")
     b.add_argument("--job-index", type=int, default=None,
-                   help="which job this is, 0-based (default: from SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN)")
+                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
+                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
     b.add_argument("--max-failure-rate", type=float, default=0.05,
                    help="exit with status 3 when more than this fraction of input records fail (shards are kept)")
     b.add_argument("--overwrite", action="store_true",
