@@ -66,7 +66,8 @@ def check_shard(path: str, expected: dict | None) -> ShardCheck:
         if expected.get("sha256") and reader.sha256.hexdigest() != expected["sha256"]:
             check.problems.append(f"shard {check.shard}: sha256 mismatch (content changed or corrupted)")
         if check.nsamples != expected.get("nsamples"):
-            check.problems.append(f"shard {check.shard}: {check.nsamples} samples, index says {expected.get('nsamples')}")
+            check.problems.append(
+                f"shard {check.shard}: {check.nsamples} samples, index says {expected.get('nsamples')}")
     return check
 
 

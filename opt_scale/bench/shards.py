@@ -53,9 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-lines", type=int, default=0, metavar="N",
                    help="also time the planning pre-pass on an N-line JSONL of realistic narratives (no media)")
     p.add_argument("--scan-line-kb", type=float, default=8.0, help="average size of those lines (mostly traces)")
-    p.add_argument("--command", default="", help="build command to time instead of this venv's `opt-shards` "
-                                                 "(e.g. \"env -C /tmp PYTHONPATH=OLD_TREE python -m opt_scale.data_prep.cli\": "
-                                                 "not from the repository, whose opt_scale/ would shadow PYTHONPATH)")
+    p.add_argument("--command", default="",
+                   help="build command to time instead of this venv's `opt-shards` "
+                   "(e.g. \"env -C /tmp PYTHONPATH=OLD_TREE python -m opt_scale.data_prep.cli\": not run "
+                   "from the repository, whose opt_scale/ would shadow PYTHONPATH)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,9 +69,11 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(time_build(inputs, work / f"out-w{workers}", workers, args))
     print_table(rows, ["workers", "samples", "wall_s", "cpu_s", "samples_per_cpu_s", "shard_cpu_ms_per_sample",
                        "samples_per_s", "samples_per_s_per_core", "gb_written"],
-                title=f"opt-shards build, {args.samples} x ({args.image_size} JPEG + {args.audio_seconds:g} s 48 kHz Vorbis)")
+                title=f"opt-shards build, {args.samples} x ({args.image_size} JPEG + "
+                      f"{args.audio_seconds:g} s 48 kHz Vorbis)")
     best = max(r["samples_per_cpu_s"] for r in rows)
-    print(f"best samples/s/core (CPU time): {best:.1f} (target {args.target:g}: {'met' if best >= args.target else 'MISSED'})")
+    verdict = "met" if best >= args.target else "MISSED"
+    print(f"best samples/s/core (CPU time): {best:.1f} (target {args.target:g}: {verdict})")
     result = {"bench": "shards", "rows": rows, "target_samples_per_s_per_core": args.target,
               "best_samples_per_s_per_core": best, "config": vars(args) | {"module": None}}
     if args.scan_lines:
@@ -238,10 +241,12 @@ def stage_costs(inputs: Path, repeats: int = 8) -> list[dict]:
 
     rows = [
         {"stage": "read JSON line + parse", "ms": per_sample(json.loads, ann.read_text().splitlines()[:repeats])},
-        {"stage": "sha256 of sources", "ms": per_sample(lambda b: hashlib.sha256(b).hexdigest(), [j + o for j, o in zip(jpegs, oggs)])},
+        {"stage": "sha256 of sources", "ms": per_sample(lambda b: hashlib.sha256(b).hexdigest(),
+                                                         [j + o for j, o in zip(jpegs, oggs)])},
         {"stage": "image: decode+rotate+resize+encode", "ms": per_sample(
             lambda raw: media.process_image(raw, short_side=384, quality=90), jpegs)},
-        {"stage": "audio: Vorbis decode", "ms": per_sample(lambda raw: sf.read(io.BytesIO(raw), dtype="float32"), oggs)},
+        {"stage": "audio: Vorbis decode", "ms": per_sample(
+            lambda raw: sf.read(io.BytesIO(raw), dtype="float32"), oggs)},
         {"stage": "audio: resample 48k->16k", "ms": per_sample(lambda w: media.resample_to_16k(w, 48_000), waves)},
         {"stage": "audio: FLAC encode", "ms": per_sample(
             lambda w: sf.write(io.BytesIO(), w, 16_000, format="FLAC", subtype="PCM_16"), resampled)},
@@ -291,7 +296,8 @@ def compare_resamplers(seconds: float = 30.0, rate: int = 48_000) -> list[dict]:
         rows.append({"resampler": name, "cpu_ms_per_30s": round(ms, 2), "snr_1khz_db": round(float(snr), 1),
                      "gain_7khz_db": round(float(passband), 2), "alias_8k5_db": round(float(alias_db([8_500])), 1),
                      "alias_10k_20k_db": round(float(alias_db([10_000, 15_000, 20_000])), 1)})
-    print_table(rows, ["resampler", "cpu_ms_per_30s", "snr_1khz_db", "gain_7khz_db", "alias_8k5_db", "alias_10k_20k_db"],
+    print_table(rows, ["resampler", "cpu_ms_per_30s", "snr_1khz_db", "gain_7khz_db", "alias_8k5_db",
+                       "alias_10k_20k_db"],
                 title=f"resampling {seconds:g} s, {rate} Hz -> 16 kHz, float32")
     return rows
 
@@ -317,27 +323,7 @@ def scan_scaling(root: Path, n: int, line_kb: float, workers: int) -> dict:
                                     "voice_recording": f"open_images_train/open_images_train_{image_id}_{i % 7}.ogg"})
                         + "\n")
         tmp.rename(path)
-    code = ("import json, resource, sys, time\n"
-            "from concurrent.futures import ProcessPoolExecutor\n"
-            "from opt_scale.data_prep.input_scan import scan_inputs\n"
-            "from opt_scale.data_prep.planning import HoldoutSpec, make_plan\n"
-            f"path, workers = {str(path)!r}, {workers}\n"
-            "t = time.perf_counter()\n"
-            "if workers > 1:\n"
-            "    with ProcessPoolExecutor(workers) as pool:\n"
-            "        table = scan_inputs([path], ('openimage5k',), map_fn=pool.map)\n"
-            "else:\n"
-            "    table = scan_inputs([path], ('openimage5k',))\n"
-            "plan = make_plan(table, 1000, [HoldoutSpec('openimage5k', 5000)], 'p')\n"
-            "seconds = time.perf_counter() - t\n"
-            "arrays = [table.file_index, table.line_no, table.offset, table.length, table.valid, table.key_digest,\n"
-            "          table.image_digest, table.holdout_rank, plan.duplicate_of, plan.split_of]\n"
-            "cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)\n"
-            "          for f in ('ru_utime', 'ru_stime'))\n"
-            "print(json.dumps({'lines': len(table), 'seconds': seconds, 'cpu': cpu,\n"
-            "                  'bytes_per_line': sum(a.nbytes for a in arrays) / len(table),\n"
-            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, i.e. the (torch-sized) parent's
-            "                  'rss_mb': int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024}))\n")
+    code = f"from opt_scale.bench.shards import scan_child; scan_child({str(path)!r}, {workers})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     gb = path.stat().st_size / 1e9
@@ -345,3 +331,28 @@ def scan_scaling(root: Path, n: int, line_kb: float, workers: int) -> dict:
             "cpu_s": round(got["cpu"], 2), "mb_per_cpu_s": round(gb * 1000 / got["cpu"], 1),
             "mb_per_s": round(gb * 1000 / got["seconds"], 1),
             "peak_rss_mb": round(got["rss_mb"]), "table_bytes_per_line": round(got["bytes_per_line"], 1)}
+
+
+def scan_child(path: str, workers: int) -> None:
+    """Run in a fresh process by :func:`scan_scaling`: pre-pass one file, print figures as JSON."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from opt_scale.data_prep.input_scan import scan_inputs
+    from opt_scale.data_prep.planning import HoldoutSpec, make_plan
+    started = time.perf_counter()
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            table = scan_inputs([path], ("openimage5k",), map_fn=pool.map)
+    else:
+        table = scan_inputs([path], ("openimage5k",))
+    plan = make_plan(table, 1000, [HoldoutSpec("openimage5k", 5000)], "p")
+    seconds = time.perf_counter() - started
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    arrays = [table.file_index, table.line_no, table.offset, table.length, table.valid, table.key_digest,
+              table.image_digest, table.holdout_rank, plan.duplicate_of, plan.split_of]
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, i.e. it would report the (torch-sized) parent's.
+    with open("/proc/self/status") as f:
+        peak_kb = int(f.read().split("VmHWM:")[1].split()[0])
+    print(json.dumps({"lines": len(table), "seconds": seconds, "cpu": cpu, "rss_mb": peak_kb / 1024,
+                      "bytes_per_line": sum(a.nbytes for a in arrays) / len(table)}))
