@@ -19,8 +19,9 @@ from pathlib import PurePosixPath
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 # Other Localized Narratives subsets (COCO, Flickr30k, ADE20k) use other id
-# shapes; anything that is a safe single path component is accepted there.
-SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+# shapes; anything that is a safe single path component is accepted there, if
+# it does not start with "_" (WebDataset reads "_*" members as metadata).
+SAFE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
 
 class RecordError(ValueError):

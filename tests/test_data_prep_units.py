@@ -33,6 +33,7 @@ GOOD = ('{"dataset_id": "open_images", "image_id": "0123456789abcdef", "annotato
     (GOOD.replace("d/a.ogg", "d\\\\..\\\\x.ogg"), "unsafe_path"),
     (GOOD.replace("0123456789abcdef", "../0123456789ab"), "unsafe_path"),
     (GOOD.replace("0123456789abcdef", "0123456789ABCDEF"), "bad_image_id"),
+    (GOOD.replace('"open_images"', '"ade20k"').replace("0123456789abcdef", "_meta"), "bad_image_id"),
 ])
 def test_bad_records_get_their_reason(line, reason):
     with pytest.raises(RecordError) as err:
