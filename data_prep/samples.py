@@ -10,6 +10,9 @@ from .media import DEFAULT_MAX_PIXELS, parse_rotation, process_audio, process_im
 from .narratives import RecordError, parse_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+# Files are read whole into memory: a stray multi-GB file must be a failure, not an out-of-memory kill.
+MAX_IMAGE_FILE_BYTES = 256 << 20   # Open Images originals are a few MB
+MAX_AUDIO_FILE_BYTES = 256 << 20   # a 60 s Vorbis recording is about 1 MB
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
             name = f"{image_id}{ext}"
             try:
                 with open(os.path.join(root, name), "rb") as f:
-                    return name, f.read()
+                    return name, _read_capped(f, MAX_IMAGE_FILE_BYTES, "image_too_large")
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 continue
             except OSError as exc:
@@ -93,8 +96,15 @@ def read_audio(root: str, voice_recording: str) -> bytes:
     path = os.path.join(root, voice_recording)
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return _read_capped(f, MAX_AUDIO_FILE_BYTES, "bad_audio")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise RecordError("missing_audio", f"no recording at {path}") from None
     except OSError as exc:
         raise RecordError("missing_audio", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_capped(f, limit: int, reason: str) -> bytes:
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        raise RecordError(reason, f"file is {size} bytes, more than the {limit} read per sample")
+    return f.read()

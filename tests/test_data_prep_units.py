@@ -145,3 +145,17 @@ def test_shard_writer_is_deterministic_contiguous_and_refuses_bad_keys(tmp_path)
                 w.write(bad, {"txt": b""})
         w.abort()
     assert list(tmp_path.glob("c.tar*")) == []
+
+
+def test_oversized_media_files_are_failures_not_memory_blowups(tmp_path, monkeypatch):
+    from opt_scale.data_prep import samples
+    (tmp_path / "a.ogg").write_bytes(b"\0" * 4096)
+    (tmp_path / "0123456789abcdef.jpg").write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(samples, "MAX_AUDIO_FILE_BYTES", 1024)
+    monkeypatch.setattr(samples, "MAX_IMAGE_FILE_BYTES", 1024)
+    with pytest.raises(RecordError) as err:
+        samples.read_audio(str(tmp_path), "a.ogg")
+    assert err.value.reason == "bad_audio"
+    with pytest.raises(RecordError) as err:
+        samples.read_image((str(tmp_path),), "0123456789abcdef")
+    assert err.value.reason == "image_too_large"
