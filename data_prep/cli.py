@@ -1,4 +1,9 @@
-"""``opt-shards``: build, index and inspect WebDataset shards for OPT."""
+"""``opt-shards``: build, index, verify and inspect WebDataset shards for OPT.
+
+Exit status: 0 success; 1 verification problems or an unfinished build;
+2 bad options or inputs; 3 the build's failure rate exceeds --max-failure-rate
+(the shards are kept).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +11,85 @@ import argparse
 import logging
 import sys
 
+EXIT_PROBLEMS, EXIT_USAGE, EXIT_FAILURE_RATE = 1, 2, 3
+
 
 def _demo_data(args: argparse.Namespace) -> int:
     from .demo_data import write_demo_data
     ann = write_demo_data(args.out, args.n, seed=args.seed, workers=args.workers)
     print(f"wrote {args.n} samples; annotations: {ann}; images: {args.out}/images; "
           f"recordings: {args.out}/recordings")
+    if args.real_media or args.bad_inputs or args.open_images_csv:
+        from .demo_inputs import write_extras
+        extras = write_extras(args.out, real_media=args.real_media, bad_inputs=args.bad_inputs,
+                              open_images_csv=args.open_images_csv, seed=args.seed)
+        for what, path in extras.items():
+            print(f"{what}: {path}")
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import BuildOptions, build
-    opts = BuildOptions(annotations=args.annotations, image_root=args.images, audio_root=args.audio,
-                        out_dir=args.out, prefix=args.prefix, samples_per_shard=args.samples_per_shard,
-                        image_short_side=args.image_short_side, jpeg_quality=args.jpeg_quality,
-                        max_audio_seconds=args.max_audio_seconds, audio_format=args.audio_format)
-    totals = build(opts)
-    failed = sum(v for k, v in totals.items() if k.startswith("failed:"))
-    print(f"samples written: {totals.get('samples', 0)}  failures: {failed}  index: {args.out}/{args.prefix}-index.json")
-    for k, v in sorted(totals.items()):
-        if k.startswith("failed:"):
-            print(f"  {k[7:]:<20} {v}")
-    return 0
+    from .build import BuildConfigError, BuildOptions, build
+    from .summary import print_summary
+    opts = BuildOptions(
+        annotations=args.annotations, image_root=args.images, audio_root=args.audio, out_dir=args.out,
+        prefix=args.prefix, samples_per_shard=args.samples_per_shard, image_short_side=args.image_short_side,
+        jpeg_quality=args.jpeg_quality, max_audio_seconds=args.max_audio_seconds, audio_format=args.audio_format,
+        max_image_pixels=args.max_image_pixels, open_images_csv=args.open_images_csv, holdouts=args.holdout,
+        workers=args.workers, num_jobs=args.num_jobs, job_index=args.job_index,
+        max_failure_rate=args.max_failure_rate, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        result = build(opts)
+    except (BuildConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"opt-shards build: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_summary(result, opts.max_failure_rate)
+    if result.index_written:
+        print(f"index: {args.out}/{args.prefix}-index.json; failures: {args.out}/failures.jsonl")
+    else:
+        print(f"job {result.job_index + 1}/{result.num_jobs} done; after all jobs finish run: "
+              f"opt-shards index {args.out} --prefix {args.prefix}")
+    return EXIT_FAILURE_RATE if result.failure_rate > opts.max_failure_rate else 0
 
 
 def _index(args: argparse.Namespace) -> int:
-    from .build import write_index
-    index = write_index(args.dir, args.prefix, name=args.name)
-    n = sum(s["nsamples"] for s in index["shardlist"])
-    print(f"{len(index['shardlist'])} shards, {n} samples -> {args.dir}/{args.prefix}-index.json")
+    from .index import IncompleteBuildError, merge_index
+    try:
+        indexes = merge_index(args.dir, args.prefix, allow_incomplete=args.allow_incomplete)
+    except IncompleteBuildError as exc:
+        print(f"opt-shards index: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    inputs = failed = 0
+    for split, index in indexes.items():
+        inputs += index["ninput"]
+        failed += sum(index["failures"].values())
+        print(f"{split}: {len(index['shardlist'])} shards, {index['nsamples']} samples -> "
+              f"{args.dir}/{index['name']}-index.json")
+    rate = failed / inputs if inputs else 0.0
+    print(f"failures: {failed} of {inputs} inputs ({rate:.2%}) -> {args.dir}/failures.jsonl")
+    return EXIT_FAILURE_RATE if rate > args.max_failure_rate else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+    try:
+        checks, problems = verify(args.target, workers=args.workers)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"opt-shards verify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for msg in problems[:args.max_report]:
+        print(f"PROBLEM {msg}")
+    if len(problems) > args.max_report:
+        print(f"... and {len(problems) - args.max_report} more")
+    n = sum(c.nsamples for c in checks)
+    print(f"{'FAILED' if problems else 'OK'}: {len(checks)} shard(s), {n} samples decoded, {len(problems)} problem(s)")
+    return EXIT_PROBLEMS if problems else 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspect_shards import inspect_shard
+    written = inspect_shard(args.shard, args.n, args.out)
+    print(f"wrote {len(written)} files to {args.out} (contact sheet: {args.out}/contact_sheet.png)")
     return 0
 
 
@@ -45,49 +100,95 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .media import AUDIO_FORMATS, DEFAULT_MAX_PIXELS
     p = argparse.ArgumentParser(prog="opt-shards", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo-data", help="write a small learnable data set in the Localized Narratives layout",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = _sub(sub, "demo-data", "write a small learnable data set in the Localized Narratives layout", _demo_data)
     d.add_argument("--out", required=True, help="output directory (annotations/, images/, recordings/)")
     d.add_argument("--n", type=int, default=512, help="number of image-text-audio triplets")
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
     d.add_argument("--workers", type=int, default=None, help="processes used (default: up to 4)")
-    d.set_defaults(func=_demo_data)
+    d.add_argument("--real-media", type=int, default=0, metavar="N",
+                   help="also write narratives for N real photos (scikit-image; every third photo has two "
+                        "narratives) with real speech (sound-theme-freedesktop, espeak-ng), in varied image "
+                        "formats and orientations and audio rates, channel counts and lengths")
+    d.add_argument("--bad-inputs", action="store_true",
+                   help="also write one narrative per kind of bad input (missing/corrupt media, bad JSON, "
+                        "unsafe paths, duplicates, ...), in a second annotation file")
+    d.add_argument("--open-images-csv", action="store_true",
+                   help="also write an Open Images image CSV (licence, author, rotation) for every image")
 
-    b = sub.add_parser("build", help="build WebDataset shards from narratives, images and recordings",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b = _sub(sub, "build", "build WebDataset shards from narratives, images and recordings", _build)
     b.add_argument("--annotations", nargs="+", required=True,
                    help="Localized Narratives JSONL files or globs (quote globs)")
-    b.add_argument("--images", required=True, help="image root holding <ImageID>.jpg (or .jpeg/.png)")
+    b.add_argument("--images", nargs="+", required=True,
+                   help="image root(s) holding <ImageID>.jpg (or .jpeg/.png); several are searched in order")
     b.add_argument("--audio", required=True, help="recordings root that the voice_recording field is relative to")
     b.add_argument("--out", required=True, help="output directory for shards, sidecars and the index")
-    b.add_argument("--prefix", default="shard", help="shard name prefix: PREFIX-000000.tar")
-    b.add_argument("--samples-per-shard", type=int, default=1000, help="input records per shard")
+    b.add_argument("--prefix", default="shard", help="shard name prefix: PREFIX-000000.tar, PREFIX-index.json")
+    b.add_argument("--samples-per-shard", type=int, default=1000,
+                   help="input records per shard (with --holdout, decides shard contents)")
     b.add_argument("--image-short-side", type=int, default=384, help="shrink images so the short side is at most this")
     b.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images")
-    b.add_argument("--max-audio-seconds", type=float, default=60.0, help="crop recordings longer than this (0: never)")
-    b.add_argument("--audio-format", choices=("flac", "wav"), default="flac", help="lossless audio encoding in shards")
-    b.set_defaults(func=_build)
+    b.add_argument("--max-audio-seconds", type=float, default=60.0,
+                   help="crop recordings longer than this, recorded as cropped in the metadata (0: never)")
+    b.add_argument("--audio-format", choices=AUDIO_FORMATS, default="flac", help="lossless audio encoding in shards")
+    b.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="reject images with more pixels than this (decompression bombs) before decoding")
+    b.add_argument("--open-images-csv", default=None, metavar="CSV",
+                   help="Open Images image CSV whose licence, author and rotation columns go into each "
+                        "sample's metadata (rotation is applied)")
+    b.add_argument("--holdout", action="append", default=[], metavar="NAME:COUNT",
+                   help="hold out COUNT narratives (whole images, chosen by a hash of the image id) as their "
+                        "own shard set PREFIX-NAME-*.tar and index; repeatable")
+    b.add_argument("--workers", type=int, default=1, help="worker processes (one shard each at a time)")
+    b.add_argument("--num-jobs", type=int, default=None,
+                   help="split the shards over this many jobs; None: SLURM_ARRAY_TASK_COUNT in a Slurm job "
+                        "array, else 1")
+    b.add_argument("--job-index", type=int, default=None,
+                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
+                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
+    b.add_argument("--max-failure-rate", type=float, default=0.05,
+                   help="exit with status 3 when more than this fraction of input records fail (shards are kept)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="delete a previous build of this prefix with other inputs/options (single job only)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("index", help="merge per-shard sidecars into the dataset index and failures.jsonl",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    i.add_argument("dir", help="shard directory")
-    i.add_argument("--prefix", default="shard", help="shard name prefix")
-    i.add_argument("--name", default="", help="data set name recorded in the index")
-    i.set_defaults(func=_index)
+    i = _sub(sub, "index", "merge per-shard sidecars into the dataset indexes and failures.jsonl "
+                           "(after all jobs of a job array)", _index)
+    i.add_argument("dir", help="shard directory (the build's --out)")
+    i.add_argument("--prefix", default="shard", help="shard name prefix used by the build")
+    i.add_argument("--allow-incomplete", action="store_true",
+                   help="write indexes of the finished shards even if some are missing")
+    i.add_argument("--max-failure-rate", type=float, default=0.05,
+                   help="exit with status 3 when more than this fraction of input records failed")
 
-    t = sub.add_parser("train-tokenizer", help="train a SentencePiece tokenizer on the captions in shards",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v = _sub(sub, "verify", "decode every sample and check counts and checksums against the index", _verify)
+    v.add_argument("target", help="a dataset index (.json), a directory of indexes, or one shard (.tar)")
+    v.add_argument("--workers", type=int, default=1, help="processes (shards are checked in parallel)")
+    v.add_argument("--max-report", type=int, default=50, help="print at most this many problems")
+
+    s = _sub(sub, "inspect", "export a few samples as PNG + WAV + caption, and a contact sheet", _inspect)
+    s.add_argument("shard", help="shard path (.tar)")
+    s.add_argument("--n", type=int, default=8, help="number of samples to export (from the start of the shard)")
+    s.add_argument("--out", required=True, help="output directory")
+
+    t = _sub(sub, "train-tokenizer", "train a SentencePiece tokenizer on the captions in shards", _train_tokenizer)
     t.add_argument("--shards", required=True, help="shard paths, brace pattern or dataset index .json")
     t.add_argument("--vocab-size", type=int, default=8000,
                    help="vocabulary size (an upper bound: small corpora get fewer pieces)")
     t.add_argument("--out", required=True, help="output model path (…/name.model)")
     t.add_argument("--seed", type=int, default=0, help="SentencePiece random seed")
-    t.set_defaults(func=_train_tokenizer)
     return p
 
 

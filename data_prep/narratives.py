@@ -4,6 +4,10 @@ Schema (https://google.github.io/localized-narratives/): ``dataset_id``,
 ``image_id``, ``annotator_id`` (int), ``caption``, ``timed_caption`` (list of
 ``{utterance, start_time, end_time}``), ``traces`` (list of lists of
 ``{x, y, t}``), ``voice_recording`` (path relative to the recordings root).
+
+The same :func:`parse_line` runs in the planning pre-pass and in the shard
+builder, so a line's verdict (and its sample key) is decided identically in
+both places.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from pathlib import PurePosixPath
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 # Other Localized Narratives subsets (COCO, Flickr30k, ADE20k) use other id
-# shapes; anything that is a safe single path component is accepted there.
-SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+# shapes; anything that is a safe single path component is accepted there, if
+# it does not start with "_" (WebDataset reads "_*" members as metadata).
+SAFE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
 
 class RecordError(ValueError):
@@ -44,11 +49,18 @@ class Narrative:
         return f"{self.image_id}_{self.annotator_id}"
 
 
-def parse_line(line: str) -> Narrative:
+def parse_line(line: bytes | str) -> Narrative:
     """Parse one JSONL line into a validated :class:`Narrative`.
 
     Raises :class:`RecordError` with a stable ``reason`` tag on bad input.
+    Bytes must be UTF-8 (as JSON requires); they are never decoded leniently,
+    so a mangled caption cannot slip into the shards.
     """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError("invalid_json", f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -65,8 +77,7 @@ def parse_line(line: str) -> Narrative:
         return value
 
     dataset_id = get("dataset_id", str)
-    image_id = get("image_id", (str, int))
-    image_id = str(image_id)
+    image_id = str(get("image_id", (str, int)))  # COCO's ids are ints in some releases
     annotator_id = get("annotator_id", int)
     caption = get("caption", str).strip()
     voice_recording = get("voice_recording", str)
@@ -76,13 +87,20 @@ def parse_line(line: str) -> Narrative:
         raise RecordError("bad_field_type", "field 'timed_caption' is not a list")
     if not isinstance(traces, list):
         raise RecordError("bad_field_type", "field 'traces' is not a list")
+    check_image_id(image_id, dataset_id)
+    check_relative_path(voice_recording, "voice_recording")
     if not caption:
         raise RecordError("empty_caption", "caption is empty")
-    id_ok = IMAGE_ID_RE.match(image_id) if dataset_id.startswith("open_images") else SAFE_ID_RE.match(image_id)
-    if not id_ok:
-        raise RecordError("unsafe_path", f"image_id {image_id!r} is not a valid id for {dataset_id!r}")
-    check_relative_path(voice_recording, "voice_recording")
     return Narrative(dataset_id, image_id, annotator_id, caption, voice_recording, timed_caption, traces)
+
+
+def check_image_id(image_id: str, dataset_id: str) -> None:
+    """The image id becomes a file name under the image root: it must stay a single safe component."""
+    if "/" in image_id or "\\" in image_id or ".." in image_id or "\x00" in image_id:
+        raise RecordError("unsafe_path", f"image_id {image_id!r} would escape the image root")
+    pattern = IMAGE_ID_RE if dataset_id.startswith("open_images") else SAFE_ID_RE
+    if not pattern.match(image_id):
+        raise RecordError("bad_image_id", f"image_id {image_id!r} is not a valid id for {dataset_id!r}")
 
 
 def check_relative_path(path: str, name: str) -> None:

@@ -2,8 +2,9 @@
 
 Every tar header field that could vary between runs (mtime, owner, mode) is
 fixed, so the same input yields byte-identical shards. A shard is written as
-``NAME.tmp-<pid>`` and renamed into place only once complete: a reader never
-sees a half-written shard under its final name.
+``NAME.tmp-<host>-<pid>`` and renamed into place only once complete: a reader
+never sees a half-written shard under its final name. The checksum is computed
+while writing, so finishing a shard never re-reads it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,44 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import tarfile
 from pathlib import Path
 
 FIXED_MTIME = 0  # 1970-01-01: identical input gives identical bytes
+TMP_MARKER = ".tmp-"
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary sibling unique across the hosts of a cluster sharing the directory."""
+    return path.with_name(f"{path.name}{TMP_MARKER}{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete temporaries of ``path`` left by a killed run; return how many."""
+    removed = 0
+    for stale in path.parent.glob(f"{path.name}{TMP_MARKER}*"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+class _HashingFile:
+    """File wrapper that feeds every written byte to sha256.
+
+    (No md5 for wids' optional ``md5sum``: it would cost ~1 ms per sample.)
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
 
 
 class ShardWriter:
@@ -22,11 +57,14 @@ class ShardWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temp_name(self.path)
         self._file = open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._hashing = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
         self.num_samples = 0
+        self.member_bytes: dict[str, int] = {}
         self._keys: set[str] = set()
+        self.sha256 = ""
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if "." in key or "/" in key or not key or key.startswith("_"):
@@ -37,6 +75,7 @@ class ShardWriter:
         # Members of one sample are written contiguously, in a fixed order.
         for ext in sorted(members):
             self._add(f"{key}.{ext}", members[ext])
+            self.member_bytes[ext] = self.member_bytes.get(ext, 0) + len(members[ext])
         self.num_samples += 1
 
     def _add(self, name: str, data: bytes) -> None:
@@ -54,9 +93,9 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        digest = sha256_file(self.tmp_path)
+        self.sha256 = self._hashing.sha256.hexdigest()
         os.replace(self.tmp_path, self.path)
-        return digest
+        return self.sha256
 
     def abort(self) -> None:
         try:
@@ -84,7 +123,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file (sidecar, index) so readers see all of it or none."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

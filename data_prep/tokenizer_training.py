@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 
 import sentencepiece as spm
 
@@ -11,12 +11,17 @@ from opt_scale.data.shard_reader import iter_samples
 from opt_scale.data.sources import resolve_shards
 from opt_scale.data.tokenizer import MASK_PIECE
 
+from .shard_writer import atomic_write_bytes
+
 
 def train_tokenizer(shards: str, vocab_size: int, out: str, seed: int = 0) -> str:
-    """Train a unigram model on every caption; deterministic for given input.
+    """Train a unigram model on every caption; byte-identical output for identical input.
 
-    Returns the path of the ``.model`` file. Single-threaded training and a
-    fixed seed make the output identical for identical input.
+    Returns the path of the ``.model`` file. Single-threaded training, a fixed
+    seed and captions in shard order make training deterministic; training
+    from an iterator into memory keeps file names (a temporary input file,
+    the output prefix) out of the model's recorded trainer spec, which would
+    otherwise make two runs differ.
     """
     captions = []
     for shard in resolve_shards(shards):
@@ -25,17 +30,14 @@ def train_tokenizer(shards: str, vocab_size: int, out: str, seed: int = 0) -> st
                 captions.append(sample["txt"].decode("utf-8").strip().lower())
     if not captions:
         raise ValueError(f"no captions found in {shards!r}")
-    prefix = out[:-len(".model")] if out.endswith(".model") else out
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    path = out if out.endswith(".model") else out + ".model"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     spm.set_random_generator_seed(seed)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as tmp:
-        tmp.write("\n".join(captions) + "\n")
-    try:
-        spm.SentencePieceTrainer.train(
-            input=tmp.name, model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
-            character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            control_symbols=[MASK_PIECE], hard_vocab_limit=False, num_threads=1,
-            shuffle_input_sentence=False, minloglevel=2)
-    finally:
-        os.unlink(tmp.name)
-    return prefix + ".model"
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        control_symbols=[MASK_PIECE], hard_vocab_limit=False, num_threads=1,
+        shuffle_input_sentence=False, minloglevel=2)
+    atomic_write_bytes(path, model.getvalue())
+    return path

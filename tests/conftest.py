@@ -99,3 +99,51 @@ def tiny_overrides(demo_shards, demo_tokenizer, demo_vq, tmp_path) -> list[str]:
 
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
+
+
+# ---- data_prep: a raw set with real photos, real speech and every kind of bad input, and its reference build
+
+PREP_BUILD_ARGS = ["--samples-per-shard", "8", "--image-short-side", "64", "--max-audio-seconds", "6",
+                   "--holdout", "heldout:6", "--max-failure-rate", "0.6", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def prep_raw(tmp_path_factory) -> Path:
+    """24 synthetic + real-media narratives (scikit-image photos, freedesktop/espeak speech) + bad inputs + CSV."""
+    from opt_scale.data_prep.demo_data import write_demo_data
+    from opt_scale.data_prep.demo_inputs import write_extras
+    out = tmp_path_factory.mktemp("prep_raw")
+    write_demo_data(out, n=24, seed=3, workers=2, progress=False)
+    write_extras(out, real_media=8, bad_inputs=True, open_images_csv=True, seed=3)
+    return out
+
+
+def prep_build_args(raw: Path, out: Path, *extra: str) -> list[str]:
+    from opt_scale.data_prep.demo_inputs import CSV_FILE
+    return ["opt-shards", "build", "--annotations", str(raw / "annotations" / "*.jsonl"), "--images",
+            str(raw / "images"), "--audio", str(raw / "recordings"), "--open-images-csv",
+            str(raw / "annotations" / CSV_FILE), "--out", str(out), *PREP_BUILD_ARGS, *extra]
+
+
+@pytest.fixture(scope="session")
+def prep_reference(prep_raw, tmp_path_factory):
+    """The uninterrupted single-process build every other build is compared with."""
+    from types import SimpleNamespace
+    out = tmp_path_factory.mktemp("prep_reference") / "shards"
+    proc = run_cli(prep_build_args(prep_raw, out, "--workers", "1"))
+    return SimpleNamespace(dir=out, stdout=proc.stdout, stderr=proc.stderr)
+
+
+def build_outputs(out_dir: Path) -> dict[str, bytes]:
+    """Every output file's bytes, sidecars without their timing/host fields."""
+    import json
+    files = {}
+    for p in sorted(out_dir.iterdir()):
+        if p.name.endswith(".stats.json"):
+            stats = json.loads(p.read_text())
+            for volatile in ("seconds", "cpu_seconds", "host"):
+                stats.pop(volatile)
+            files[p.name] = json.dumps(stats, sort_keys=True).encode()
+        else:
+            files[p.name] = p.read_bytes()
+    return files

@@ -16,6 +16,7 @@ from .report import write_json
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
 SUBCOMMANDS: dict[str, str] = {
     "learning": "opt_scale.bench.learning",
+    "shards": "opt_scale.bench.shards",
 }
 
 

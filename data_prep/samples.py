@@ -1,0 +1,110 @@
+"""One narrative line -> one WebDataset sample (``jpg``, ``flac``/``wav``, ``txt``, ``json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from .media import DEFAULT_MAX_PIXELS, parse_rotation, process_audio, process_image
+from .narratives import RecordError, parse_line
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+# Files are read whole into memory: a stray multi-GB file must be a failure, not an out-of-memory kill.
+MAX_IMAGE_FILE_BYTES = 256 << 20   # Open Images originals are a few MB
+MAX_AUDIO_FILE_BYTES = 256 << 20   # a 60 s Vorbis recording is about 1 MB
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Everything that decides a sample's bytes, besides the input files."""
+    image_roots: tuple[str, ...]
+    audio_root: str
+    image_short_side: int = 384
+    jpeg_quality: int = 90
+    max_audio_seconds: float = 60.0
+    audio_format: str = "flac"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class Sample:
+    key: str
+    members: dict[str, bytes]
+    audio_cropped: bool
+    csv_row_missing: bool
+
+
+def make_sample(raw_line: bytes, source_file: str, line_no: int, opts: SampleOptions,
+                csv_rows: dict[str, dict[str, str]] | None) -> Sample:
+    """Build one sample; raises RecordError/MediaError (with a reason) for bad input."""
+    rec = parse_line(raw_line)
+    image_name, image_raw = read_image(opts.image_roots, rec.image_id)
+    audio_raw = read_audio(opts.audio_root, rec.voice_recording)
+    csv_row = csv_rows.get(rec.image_id) if csv_rows is not None else None
+    rotation = parse_rotation(csv_row.get("rotation")) if csv_row else None
+    image = process_image(image_raw, short_side=opts.image_short_side, quality=opts.jpeg_quality,
+                          rotation=rotation, max_pixels=opts.max_image_pixels)
+    audio = process_audio(audio_raw, max_seconds=opts.max_audio_seconds, audio_format=opts.audio_format)
+    meta = {
+        "key": rec.key,
+        "dataset_id": rec.dataset_id,
+        "image_id": rec.image_id,
+        "annotator_id": rec.annotator_id,
+        "timed_caption": rec.timed_caption,
+        "voice_recording": rec.voice_recording,
+        "source": {"annotation_file": os.path.basename(source_file), "line": line_no},
+        "image": {"file": image_name, "format": image.source_format, "original_size": list(image.original_size),
+                  "size": list(image.size), "exif_orientation": image.exif_orientation,
+                  "rotation_applied": image.rotation, "sha256": image.sha256},
+        "audio": {"original_rate": audio.original_rate, "original_channels": audio.original_channels,
+                  "original_seconds": round(audio.original_seconds, 4), "seconds": round(audio.seconds, 4),
+                  "sample_rate": 16_000, "format": audio.extension, "cropped": audio.cropped,
+                  "sha256": audio.sha256},
+        "open_images": csv_row,
+    }
+    members = {
+        "jpg": image.jpeg,
+        audio.extension: audio.data,
+        "txt": rec.caption.encode("utf-8"),
+        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+    return Sample(rec.key, members, audio.cropped, csv_rows is not None and csv_row is None)
+
+
+def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
+    """Bytes of ``<image_id>.jpg`` (or .jpeg/.png) under the first root that has it.
+
+    Opening directly (no stat first) costs one system call per sample on a
+    shared filesystem in the common case.
+    """
+    for root in roots:
+        for ext in IMAGE_EXTENSIONS:
+            name = f"{image_id}{ext}"
+            try:
+                with open(os.path.join(root, name), "rb") as f:
+                    return name, _read_capped(f, MAX_IMAGE_FILE_BYTES, "image_too_large")
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            except OSError as exc:
+                raise RecordError("missing_image", f"cannot read {name}: {exc.strerror}") from None
+    raise RecordError("missing_image", f"no {image_id}.jpg/.jpeg/.png under {', '.join(roots)}")
+
+
+def read_audio(root: str, voice_recording: str) -> bytes:
+    """Bytes of the recording at ``root/voice_recording``: the field is used as given."""
+    path = os.path.join(root, voice_recording)
+    try:
+        with open(path, "rb") as f:
+            return _read_capped(f, MAX_AUDIO_FILE_BYTES, "bad_audio")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise RecordError("missing_audio", f"no recording at {path}") from None
+    except OSError as exc:
+        raise RecordError("missing_audio", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_capped(f, limit: int, reason: str) -> bytes:
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        raise RecordError(reason, f"file is {size} bytes, more than the {limit} read per sample")
+    return f.read()
