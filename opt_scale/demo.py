@@ -60,10 +60,13 @@ def prepare(root: str | Path, n: int = 512, vq_steps: int = 80, seed: int = 0) -
     else:
         _say(f"demo data: reusing {assets.root / 'raw'}")
     _say(f"shards -> {assets.shards.parent}")
-    totals = build(BuildOptions(annotations=[str(ann)], image_root=str(assets.root / "raw/images"),
+    result = build(BuildOptions(annotations=[str(ann)], image_root=str(assets.root / "raw/images"),
                                 audio_root=str(assets.root / "raw/recordings"), out_dir=str(assets.shards.parent),
-                                prefix="demo", samples_per_shard=64, image_short_side=128))
-    print(f"   {totals.get('samples', 0)} samples in {assets.shards}")
+                                prefix="demo", samples_per_shard=64, image_short_side=128, workers=2,
+                                progress=False))
+    samples = sum(c["samples"] for c in result.per_split.values())
+    print(f"   {samples} samples in {assets.shards} ({result.shards_skipped} of "
+          f"{result.shards_built + result.shards_skipped} shards already built)")
     if not assets.tokenizer.is_file():
         _say(f"SentencePiece tokenizer -> {assets.tokenizer}")
         train_tokenizer(str(assets.shards), 128, str(assets.tokenizer))
