@@ -7,6 +7,7 @@ import torch
 
 from opt_scale.data.config import DataConfig
 from opt_scale.data.loader import DataCursor, TrainLoader
+from opt_scale.data.masking import PAIR_LABELS
 from opt_scale.data.plan import EpochPlan, Layout
 from opt_scale.data.sources import ShardInfo, resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
@@ -60,15 +61,17 @@ def test_batches_hold_every_task_input(demo_shards, demo_tokenizer):
     assert ((b["mlm_labels"] != -100).sum(1)[kept_text] >= 1).all()      # at least one masked token
     assert ((b["mlm_labels"] != -100).sum(1)[~kept_text] == 0).all()     # none where text is dropped
     assert b["modality_keep"].any(1).all()                               # never all three dropped
-    for i, cls in enumerate(b["match_label"].tolist()):
-        img_swapped = b["match_image_src"][i] != i
-        aud_swapped = b["match_audio_src"][i] != i
-        assert (img_swapped, aud_swapped) == {0: (True, True), 1: (True, False), 2: (False, True),
-                                              3: (True, True), 4: (False, False)}[cls]
-        if cls == 0:
-            assert b["match_image_src"][i] == b["match_audio_src"][i]
-        if cls == 3:
-            assert b["match_image_src"][i] != b["match_audio_src"][i]
+    for i, label in enumerate(b["match_label"].tolist()):
+        img, aud = int(b["match_image_src"][i]), int(b["match_audio_src"][i])
+        cls = {(False, False): 4, (True, False): 1, (False, True): 2}.get((img != i, aud != i))
+        if cls is None:
+            cls = 0 if img == aud else 3
+        keep = b["match_keep"][i]
+        if keep.all():
+            assert label == cls
+        else:  # one modality left out: the label says whether the remaining pair agrees
+            assert keep.sum() == 2
+            assert label == PAIR_LABELS[int((~keep).nonzero())][cls]
 
 
 def test_same_seed_same_stream_and_masks(demo_shards, demo_tokenizer):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from opt_scale.data.masking import PAIR_LABELS as PAIR
 from opt_scale.data.masking import (IGNORE_INDEX, matching_class, matching_sources, mlm_mask, modality_keep,
                                     sample_rng, token_mask)
 from opt_scale.tasks.config import MatchingConfig, MLMConfig
@@ -69,3 +70,16 @@ def test_draws_depend_on_seed_epoch_and_key_only():
     for other in (sample_rng(0, 2, "key", "mlm"), sample_rng(1, 3, "key", "mlm"), sample_rng(1, 2, "kex", "mlm"),
                   sample_rng(1, 2, "key", "mvm")):
         assert not np.array_equal(a, other.random(4))
+
+
+def test_pair_labels_say_whether_the_remaining_pair_agrees():
+    from opt_scale.data.masking import AUDIO, IMAGE, MATCHED, TEXT, matching_view
+    # class -> (image swapped, audio swapped, image and audio from the same other sample)
+    facts = {0: (True, True, True), 1: (True, False, False), 2: (False, True, False), 3: (True, True, False),
+             4: (False, False, False)}
+    for cls, (img, aud, together) in facts.items():
+        assert (PAIR[AUDIO][cls] == MATCHED) == (not img)             # text + image
+        assert (PAIR[IMAGE][cls] == MATCHED) == (not aud)             # text + audio
+        assert (PAIR[TEXT][cls] == MATCHED) == (together or not (img or aud))  # image + audio
+    left_out = [int((~matching_view(sample_rng(0, 0, f"p{k}", "m"), 4, 0.3)[0]).sum()) for k in range(2000)]
+    assert np.mean(left_out) == pytest.approx(0.3, abs=0.03) and max(left_out) <= 1

@@ -26,7 +26,7 @@ def run(demo_shards, demo_tokenizer):
             captured[name] = (args, kwargs, output)
         return hook
 
-    for name in ("mlm", "mvm", "mam", "text_decoder", "image_decoder", "matching"):
+    for name in ("mlm", "mvm", "mam", "text_decoder", "image_decoder", "matching", "contrastive"):
         getattr(net, name).register_forward_hook(grab(name), with_kwargs=True)
     with torch.no_grad():
         out = net(batch)
@@ -115,11 +115,31 @@ def test_matching_five_way_cross_entropy(run):
     assert float(acc) == pytest.approx((logits.argmax(1) == labels).float().mean().item())
 
 
+def test_contrastive_alignment_against_explicit_infonce(run):
+    cfg, net, batch, cap, out = run
+    (towers, present), _, _ = cap["contrastive"]
+    head = net.contrastive
+    emb = {}
+    for m, (tokens, valid) in towers.items():
+        pooled = torch.stack([tokens[i][valid[i]].mean(0) for i in range(len(tokens))])
+        emb[m] = F.normalize(head.proj[m](pooled).double(), dim=-1)
+    scale = float(head.log_scale.exp())
+    total = 0.0
+    for a, b in (("text", "image"), ("text", "audio"), ("image", "audio")):
+        sims = scale * emb[a] @ emb[b].t()
+        n = len(sims)
+        i2t = -sum(sims[i, i] - torch.logsumexp(sims[i], 0) for i in range(n)) / n
+        t2i = -sum(sims[i, i] - torch.logsumexp(sims[:, i], 0) for i in range(n)) / n
+        total += (i2t + t2i) / 2
+    assert present.all()
+    assert rel_err(out["loss/contrastive"], total / 3) < REL
+
+
 def test_total_is_the_weighted_sum(run):
     cfg, net, batch, cap, out = run
     t = cfg.tasks
     weights = {"mlm": t.mlm.weight, "mvm": t.mvm.weight, "mam": t.mam.weight, "dtr": t.dtr.weight,
-               "dir": t.dir.weight, "matching": t.matching.weight}
+               "dir": t.dir.weight, "matching": t.matching.weight, "contrastive": t.contrastive.weight}
     expected = sum(w * float(out[f"loss/{k}"]) for k, w in weights.items())
     assert math.isclose(float(out["loss"]), expected, rel_tol=1e-6)
 

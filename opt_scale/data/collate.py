@@ -15,8 +15,8 @@ from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
-from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, matching_class, matching_sources, mlm_mask,
-                      modality_keep, sample_rng, token_mask)
+from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, matching_class, matching_sources, matching_view,
+                      mlm_mask, modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
 
 
@@ -64,6 +64,8 @@ class Collator:
             classes.append(matching_class(rng, self.tasks.matching))
             match_rngs.append(rng)
         image_src, audio_src = matching_sources(classes, match_rngs)
+        # Drawn after the sources, so the swaps do not depend on pair_prob.
+        views = [matching_view(rng, cls, self.tasks.matching.pair_prob) for rng, cls in zip(match_rngs, classes)]
         return {
             "keys": [s.key for s in samples],
             "text_ids": torch.from_numpy(text_ids),
@@ -76,7 +78,8 @@ class Collator:
             "modality_keep": torch.from_numpy(keep),
             "mvm_mask": torch.from_numpy(mvm_mask),
             "mam_mask": torch.from_numpy(mam_mask),
-            "match_label": torch.tensor(classes),
+            "match_label": torch.tensor([label for _, label in views]),
+            "match_keep": torch.from_numpy(np.stack([keep for keep, _ in views])),
             "match_image_src": torch.from_numpy(image_src),
             "match_audio_src": torch.from_numpy(audio_src),
         }

@@ -71,6 +71,26 @@ def matching_class(rng: np.random.Generator, cfg: MatchingConfig) -> int:
     return int(rng.choice(5, p=np.asarray(cfg.class_probs, dtype=np.float64)))
 
 
+MATCHED = 4
+# With one modality left out, a 5-way label reduces to "the remaining pair
+# agrees" (MATCHED) or the class naming the pair's mismatch.
+PAIR_LABELS = {
+    TEXT: {0: MATCHED, 4: MATCHED, 1: 3, 2: 3, 3: 3},   # image+audio: agree when swapped together
+    IMAGE: {1: MATCHED, 4: MATCHED, 0: 2, 2: 2, 3: 2},  # text+audio: agree unless audio swapped
+    AUDIO: {2: MATCHED, 4: MATCHED, 0: 1, 1: 1, 3: 1},  # text+image: agree unless image swapped
+}
+
+
+def matching_view(rng: np.random.Generator, cls: int, pair_prob: float) -> tuple[np.ndarray, int]:
+    """Modalities shown in a sample's matching view, and its label then."""
+    keep = np.ones(3, dtype=bool)
+    if rng.random() < pair_prob:
+        left_out = int(rng.integers(3))
+        keep[left_out] = False
+        cls = PAIR_LABELS[left_out][cls]
+    return keep, cls
+
+
 def matching_sources(classes: list[int], rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the image and audio each sample's matching view takes.
 

@@ -40,8 +40,13 @@ class MatchingConfig:
     weight: float = 1.0
     # Probabilities of the five classes, in the order of MATCHING_CLASSES.
     class_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
+    # Share of matching samples shown with one modality left out (label
+    # reduced to what the remaining pair can tell): teaches the head to judge
+    # pairs, which two-modality retrieval (text->image, ...) needs.
+    pair_prob: float = 0.3
 
     def validate(self) -> None:
+        require(0 <= self.pair_prob < 1, "tasks.matching.pair_prob", "must be in [0, 1)")
         require(len(self.class_probs) == 5, "tasks.matching.class_probs", "needs five probabilities")
         require(abs(sum(self.class_probs) - 1) < 1e-6 and min(self.class_probs) >= 0,
                 "tasks.matching.class_probs", f"must be non-negative and sum to 1, got {self.class_probs}")

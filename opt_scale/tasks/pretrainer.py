@@ -6,7 +6,10 @@ Each step encodes two views of the batch in one pass (batch dimension 2B):
   tokens, whole modalities dropped with ``tasks.modality_mask.prob``; feeds
   the token-level losses (MLM, MVM, MAM) and the decoders (DTR, DIR);
 * the *matching* view: clean inputs whose image/audio are swapped with other
-  samples' according to the 5-way matching label; feeds the [CLS] head.
+  samples' according to the 5-way matching label (for ``pair_prob`` of the
+  samples one modality is left out and the label reduced to the remaining
+  pair); feeds the [CLS] head. The towers' clean outputs also feed the
+  contrastive alignment task.
 
 All towers, decoders and heads run on every rank every step, whatever the
 batch holds (a modality that is absent or dropped is a masked dummy), so
@@ -75,7 +78,7 @@ class OPTPretrainer(nn.Module):
         )
         clean = {m: (tokens[B:], valid[B:]) for m, (tokens, valid) in zip(("text", "image", "audio"), towers)}
         towers = self._swap_for_matching(towers, B, batch["match_image_src"], batch["match_audio_src"])
-        keep = cat(batch["modality_keep"], torch.ones_like(batch["modality_keep"]))
+        keep = cat(batch["modality_keep"], batch["match_keep"])
         out = self.model.fuse(towers, keep)
         memory, memory_lengths = out.memory[:B], out.memory_lengths[:B]
         codes = self._vq_codes(batch["pixels"])

@@ -47,7 +47,7 @@ def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
             "pixels": torch.randint(0, 256, (B, 3, 64, 64), dtype=torch.uint8, generator=g), "mel": mel,
             "mel_len": mel_len, "modality_keep": keep, "mvm_mask": mvm, "mam_mask": mam,
             "match_label": torch.tensor([4, 1, 2, 0][:B]), "match_image_src": torch.tensor([0, 2, 2, 0][:B]),
-            "match_audio_src": torch.tensor([0, 1, 3, 0][:B])}
+            "match_audio_src": torch.tensor([0, 1, 3, 0][:B]), "match_keep": torch.ones(B, 3, dtype=torch.bool)}
 
 
 def main(out_path: str) -> None:
