@@ -20,7 +20,7 @@ from .triton_support import interpreter_active, next_power_of_2
 
 @triton.jit
 def _cross_entropy_rows_kernel(
-    Logits, stride_row, Targets, Loss, InvCount, V, ignore_index, label_smoothing,
+    Logits, stride_row, Targets, Loss, InvCount, vocab, ignore_index, label_smoothing,
     HAS_SMOOTHING: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -34,15 +34,15 @@ def _cross_entropy_rows_kernel(
     m_lane = tl.full([BLOCK_V], float("-inf"), dtype=tl.float32)
     s_lane = tl.zeros([BLOCK_V], dtype=tl.float32)
     x_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, V, BLOCK_V):
+    for start in range(0, vocab, BLOCK_V):
         offs = start + offs0
-        x = tl.load(base + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        x = tl.load(base + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m_lane, x)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s_lane = s_lane * tl.exp(m_lane - m_safe) + tl.exp(x - m_safe)
         m_lane = m_new
         if HAS_SMOOTHING:
-            x_sum += tl.where(offs < V, x, 0.0)
+            x_sum += tl.where(offs < vocab, x, 0.0)
     m = tl.max(m_lane, 0)
     lse = m + tl.log(tl.sum(s_lane * tl.exp(m_lane - m), 0))
 
@@ -50,19 +50,19 @@ def _cross_entropy_rows_kernel(
     x_target = tl.load(base + safe_target).to(tl.float32)
     loss = lse - (1.0 - label_smoothing) * x_target
     if HAS_SMOOTHING:
-        loss -= label_smoothing / V * tl.sum(x_sum, 0)
+        loss -= label_smoothing / vocab * tl.sum(x_sum, 0)
     tl.store(Loss + row, tl.where(counted, loss, 0.0))
 
     # Pass 2: overwrite the logits with d(mean loss)/d(logits).
     row_scale = tl.where(counted, tl.load(InvCount), 0.0)
-    for start in range(0, V, BLOCK_V):
+    for start in range(0, vocab, BLOCK_V):
         offs = start + offs0
-        x = tl.load(base + offs, mask=offs < V, other=0.0).to(tl.float32)
+        x = tl.load(base + offs, mask=offs < vocab, other=0.0).to(tl.float32)
         g = tl.exp(x - lse)
         if HAS_SMOOTHING:
-            g -= label_smoothing / V
+            g -= label_smoothing / vocab
         g = tl.where(offs == safe_target, g - (1.0 - label_smoothing), g)
-        tl.store(base + offs, g * row_scale, mask=offs < V)
+        tl.store(base + offs, g * row_scale, mask=offs < vocab)
 
 
 def cross_entropy_chunk_triton(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
