@@ -33,20 +33,28 @@ def cross_entropy_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, label
 
     loss = lse - (1 - eps) * x[target] - eps/V * sum(x)   (= F.cross_entropy's smoothing)
     grad = (softmax - (1 - eps) * onehot - eps/V) / count
+
+    Everything after the reads of x[target] and sum(x) is in place: five
+    passes over the chunk (max, subtract, exp, sum, scale) and no temporary
+    of its size (``torch.logsumexp`` would allocate two).
     """
     V = logits.shape[1]
     counted = targets != ignore_index
     safe_targets = torch.where(counted, targets, torch.zeros_like(targets)).long()[:, None]
-    lse = torch.logsumexp(logits, dim=1)
-    loss = lse - (1.0 - label_smoothing) * logits.gather(1, safe_targets).squeeze(1)
+    target_logit = logits.gather(1, safe_targets).squeeze(1)
+    row_sum = logits.sum(1) if label_smoothing else None
+    row_max = logits.amax(1)
+    exp_sum = logits.sub_(row_max[:, None]).exp_().sum(1)
+    lse = row_max + exp_sum.log()
+    loss = lse - (1.0 - label_smoothing) * target_logit
     if label_smoothing:
-        loss = loss - (label_smoothing / V) * logits.sum(1)
+        loss = loss - (label_smoothing / V) * row_sum
     loss = torch.where(counted, loss, torch.zeros_like(loss))
-    probs = logits.sub_(lse[:, None]).exp_()
+    row_scale = counted.to(logits.dtype) * inv_count  # 0 for ignored rows: their gradient vanishes
+    grads = logits.mul_((row_scale / exp_sum)[:, None])  # softmax / count
     if label_smoothing:
-        probs.sub_(label_smoothing / V)
-    probs.scatter_add_(1, safe_targets, probs.new_full(safe_targets.shape, -(1.0 - label_smoothing)))
-    probs.mul_((counted.to(probs.dtype) * inv_count)[:, None])
+        grads.sub_((row_scale * (label_smoothing / V))[:, None])
+    grads.scatter_add_(1, safe_targets, (-(1.0 - label_smoothing) * row_scale)[:, None])
     return loss
 
 

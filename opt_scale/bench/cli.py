@@ -14,7 +14,7 @@ from .machine import describe
 from .report import write_json
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"kernels": "opt_scale.bench.kernels"}
 
 
 def build_parser() -> argparse.ArgumentParser:
