@@ -53,7 +53,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               backend: str | None = None):
     if (q_segments is None) != (k_segments is None) or ((q_segments is None) != (allowed_pairs is None)):
         raise ValueError("q_segments, k_segments and allowed_pairs go together")
-    chosen = choose_backend(q, backend)
+    chosen = choose_backend(q, backend, num_segments=allowed_pairs.shape[0] if allowed_pairs is not None else 0)
     if chosen == "sdpa":
         return attention_reference(q, k, v, key_lengths=key_lengths, q_segments=q_segments,
                                    k_segments=k_segments, allowed_pairs=allowed_pairs, causal=causal,
@@ -64,15 +64,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return (out, lse) if return_lse else out
 
 
-def choose_backend(q: torch.Tensor, backend: str | None = None) -> str:
+def choose_backend(q: torch.Tensor, backend: str | None = None, num_segments: int = 0) -> str:
     """The implementation a call runs: see the module doc."""
     backend = backend or os.environ.get(BACKEND_ENV, "auto")
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    # The kernels cover head dims up to 256 (one register tile per row).
-    if q.device.type == "cuda" and q.shape[-1] <= 256 and triton_usable_for("cuda"):
+    # The kernels cover head dims up to 256 (one register tile per row) and
+    # 31 segments (int32 bit sets).
+    if q.device.type == "cuda" and q.shape[-1] <= 256 and num_segments <= 31 and triton_usable_for("cuda"):
         return "triton"
     return "sdpa"
 

@@ -100,23 +100,29 @@ def blocked_backward(dout, q, k, v, out, lse, dlse, key_lengths, q_segments, k_s
 
 # --------------------------------------------------------------------------- triton glue
 
-def _triton_forward(q, k, v, key_lengths, q_segments, k_segments, allowed_pairs, causal, scale):
-    from .attention_triton import attention_forward, segment_bits
+def _kernel_mask_inputs(q, key_lengths, q_segments, k_segments, allowed_pairs):
+    """int32 vectors on q's device: (key lengths, q_allow bit sets, k_bit bit sets)."""
+    from .attention_triton import segment_bits
     q_allow = k_bit = None
     if allowed_pairs is not None:
-        q_allow, k_bit = segment_bits(q_segments, k_segments, allowed_pairs)
-    lengths = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else None
-    return attention_forward(q, k, v, lengths, q_allow, k_bit, causal, scale)
+        q_allow, k_bit = segment_bits(q_segments.to(q.device), k_segments.to(q.device), allowed_pairs.to(q.device))
+    lengths = None
+    if key_lengths is not None:
+        lengths = key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
+    return lengths, q_allow, k_bit
+
+
+def _triton_forward(q, k, v, key_lengths, q_segments, k_segments, allowed_pairs, causal, scale):
+    from .attention_triton import attention_forward
+    masks = _kernel_mask_inputs(q, key_lengths, q_segments, k_segments, allowed_pairs)
+    return attention_forward(q, k, v, *masks, causal, scale)
 
 
 def _triton_backward(dout, q, k, v, out, lse, dlse, key_lengths, q_segments, k_segments, allowed_pairs,
                      causal, scale):
-    from .attention_triton import attention_backward, segment_bits
-    q_allow = k_bit = None
-    if allowed_pairs is not None:
-        q_allow, k_bit = segment_bits(q_segments, k_segments, allowed_pairs)
-    lengths = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else None
-    return attention_backward(dout, q, k, v, out, lse, dlse, lengths, q_allow, k_bit, causal, scale)
+    from .attention_triton import attention_backward
+    masks = _kernel_mask_inputs(q, key_lengths, q_segments, k_segments, allowed_pairs)
+    return attention_backward(dout, q, k, v, out, lse, dlse, *masks, causal, scale)
 
 
 def _check_impl(impl: str, device_type: str) -> None:

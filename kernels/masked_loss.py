@@ -60,7 +60,7 @@ def masked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias
         chunk_ce = cross_entropy_chunk_torch
     rows = chunk_rows or rows_per_chunk(weight.shape[0])
     return ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets, float(label_smoothing),
-                                           int(ignore_index), int(rows), chunk_ce)
+                                           int(ignore_index), int(rows), chunk_ce, torch.is_grad_enabled())
 
 
 def choose_backend(hidden: torch.Tensor, backend: str | None = None) -> str:

@@ -63,15 +63,21 @@ def rows_per_chunk(vocab: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """``(selected [M, D], weight [V, D], bias [V] | None, targets [M]) -> (mean loss, count)``."""
+    """``(selected [M, D], weight [V, D], bias [V] | None, targets [M]) -> (mean loss, count)``.
+
+    Without ``grad_enabled`` (evaluation) the loop only computes the loss:
+    the per-chunk gradient written into the logits is then simply dropped.
+    """
 
     @staticmethod
     def forward(ctx, selected: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, label_smoothing: float, ignore_index: int, chunk_rows: int,
-                chunk_ce: ChunkCrossEntropy):
+                chunk_ce: ChunkCrossEntropy, grad_enabled: bool):
         M, D = selected.shape
         V = weight.shape[0]
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        # forward() always runs with grad mode off, and needs_input_grad ignores it:
+        # the caller says whether gradients are wanted at all (not under no_grad).
+        need_hidden, need_weight, need_bias = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         need_bias = need_bias and bias is not None
         count = (targets != ignore_index).sum()
         # A tensor, not a Python number: no device sync on GPU.
@@ -110,4 +116,4 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         dh = (grad_hidden * scale).to(grad_hidden.dtype) if grad_hidden is not None else None
         dw = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
         db = (grad_bias * scale).to(ctx.bias_dtype) if grad_bias is not None else None
-        return dh, dw, db, None, None, None, None, None
+        return dh, dw, db, None, None, None, None, None, None

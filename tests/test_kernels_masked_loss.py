@@ -142,3 +142,17 @@ def test_masked_token_head_uses_it_and_matches_reference():
         ref_loss, ref_count = head(hidden, labels)
     assert int(count) == int(ref_count) == 5
     assert abs(loss.item() - ref_loss.item()) <= 1e-6 * abs(ref_loss.item())
+
+
+def test_no_grad_evaluation_skips_gradient_work_and_gives_same_loss(monkeypatch):
+    import opt_scale.kernels.masked_loss_chunked as chunked
+    inp = make_inputs(torch.float32, vocab=300)
+    args = [inp[n].requires_grad_() for n in ("hidden", "weight", "bias")] + [inp["positions"], inp["targets"]]
+    train_loss, _ = masked_linear_cross_entropy(*args)
+    allocated = []
+    real_zeros = torch.zeros
+    monkeypatch.setattr(chunked.torch, "zeros", lambda *a, **k: allocated.append(a) or real_zeros(*a, **k))
+    with torch.no_grad():
+        eval_loss, _ = masked_linear_cross_entropy(*args)
+    assert eval_loss.item() == train_loss.item() and eval_loss.grad_fn is None
+    assert not [a for a in allocated if a[:1] == (300,)], "gradient accumulators allocated under no_grad"
