@@ -42,7 +42,6 @@ import triton.language as tl
 from .triton_support import interpreter_active, next_power_of_2
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 # --------------------------------------------------------------------------- configs
@@ -99,6 +98,26 @@ def _scores_mask(offs_m, offs_n, Lq, kv_len, causal_shift, q_allow, k_bit,
 
 
 @triton.jit
+def _segment_bits(Bits, b, length, offs, limit, HAS_SEGMENTS: tl.constexpr, BLOCK: tl.constexpr):
+    """(bit sets of positions ``offs`` of sample b, their OR over the tile);
+    positions at or past ``limit`` contribute nothing. Zeros without segments."""
+    bits = tl.zeros([BLOCK], dtype=tl.int32)
+    if HAS_SEGMENTS:
+        bits = tl.load(Bits + b * length + offs, mask=offs < limit, other=0)
+    return bits, tl.reduce(bits, 0, _bit_or)
+
+
+@triton.jit
+def _visible_key_end(pid_m, kv_len, Lq, causal_shift, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Exclusive end of the keys that query tile pid_m can see: the key
+    length, and with causality the last real query's own absolute position."""
+    hi = kv_len
+    if CAUSAL:
+        hi = tl.minimum(hi, tl.minimum((pid_m + 1) * BLOCK_M, Lq) + causal_shift)
+    return hi
+
+
+@triton.jit
 def _key_length(KeyLengths, b, Lk, HAS_LENGTHS: tl.constexpr):
     kv_len = Lk
     if HAS_LENGTHS:
@@ -135,15 +154,8 @@ def _attention_fwd_kernel(
                 mask=(offs_m[:, None] < Lq) & d_ok[None, :], other=0.0)
     kv_len = _key_length(KeyLengths, b, Lk, HAS_LENGTHS)
     causal_shift = Lk - Lq
-    hi = kv_len
-    if CAUSAL:
-        # the tile's last real query sees keys up to its own absolute position
-        hi = tl.minimum(hi, tl.minimum((pid_m + 1) * BLOCK_M, Lq) + causal_shift)
-    q_allow = tl.zeros([BLOCK_M], dtype=tl.int32)
-    q_tile_bits = 0
-    if HAS_SEGMENTS:
-        q_allow = tl.load(QAllow + b * Lq + offs_m, mask=offs_m < Lq, other=0)
-        q_tile_bits = tl.reduce(q_allow, 0, _bit_or)
+    hi = _visible_key_end(pid_m, kv_len, Lq, causal_shift, CAUSAL, BLOCK_M)
+    q_allow, q_tile_bits = _segment_bits(QAllow, b, Lq, offs_m, Lq, HAS_SEGMENTS, BLOCK_M)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -152,11 +164,10 @@ def _attention_fwd_kernel(
     v_base = V + b * stride_vb + h * stride_vh
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        k_bit = tl.zeros([BLOCK_N], dtype=tl.int32)
+        k_bit, k_tile_bits = _segment_bits(KBit, b, Lk, offs_n, kv_len, HAS_SEGMENTS, BLOCK_N)
         live = True
-        if HAS_SEGMENTS:
-            k_bit = tl.load(KBit + b * Lk + offs_n, mask=offs_n < kv_len, other=0)
-            live = (q_tile_bits & tl.reduce(k_bit, 0, _bit_or)) != 0
+        if HAS_SEGMENTS:  # no allowed segment pair in this tile: skip its matmuls
+            live = (q_tile_bits & k_tile_bits) != 0
         if live:
             kv_mask = (offs_n[:, None] < kv_len) & d_ok[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
@@ -221,11 +232,7 @@ def _attention_bwd_dkdv_kernel(
                     mask=kv_mask, other=0.0)
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=kv_mask, other=0.0)
-        k_bit = tl.zeros([BLOCK_N], dtype=tl.int32)
-        k_tile_bits = 0
-        if HAS_SEGMENTS:
-            k_bit = tl.load(KBit + b * Lk + offs_n, mask=offs_n < kv_len, other=0)
-            k_tile_bits = tl.reduce(k_bit, 0, _bit_or)
+        k_bit, k_tile_bits = _segment_bits(KBit, b, Lk, offs_n, kv_len, HAS_SEGMENTS, BLOCK_N)
         lo = 0
         if CAUSAL:
             # queries before this one see none of the tile's keys
@@ -234,11 +241,10 @@ def _attention_bwd_dkdv_kernel(
         do_base = DO + b * stride_dob + h * stride_doh
         for start_m in range(lo, Lq, BLOCK_M):
             offs_m = start_m + offs_m0
-            q_allow = tl.zeros([BLOCK_M], dtype=tl.int32)
+            q_allow, q_tile_bits = _segment_bits(QAllow, b, Lq, offs_m, Lq, HAS_SEGMENTS, BLOCK_M)
             live = True
             if HAS_SEGMENTS:
-                q_allow = tl.load(QAllow + b * Lq + offs_m, mask=offs_m < Lq, other=0)
-                live = (tl.reduce(q_allow, 0, _bit_or) & k_tile_bits) != 0
+                live = (q_tile_bits & k_tile_bits) != 0
             if live:
                 q_mask = (offs_m[:, None] < Lq) & d_ok[None, :]
                 q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
@@ -292,25 +298,18 @@ def _attention_bwd_dq_kernel(
     delta = tl.load(Delta + pid_bh * Lq + offs_m, mask=row_ok, other=0.0)
     kv_len = _key_length(KeyLengths, b, Lk, HAS_LENGTHS)
     causal_shift = Lk - Lq
-    hi = kv_len
-    if CAUSAL:
-        hi = tl.minimum(hi, tl.minimum((pid_m + 1) * BLOCK_M, Lq) + causal_shift)
-    q_allow = tl.zeros([BLOCK_M], dtype=tl.int32)
-    q_tile_bits = 0
-    if HAS_SEGMENTS:
-        q_allow = tl.load(QAllow + b * Lq + offs_m, mask=row_ok, other=0)
-        q_tile_bits = tl.reduce(q_allow, 0, _bit_or)
+    hi = _visible_key_end(pid_m, kv_len, Lq, causal_shift, CAUSAL, BLOCK_M)
+    q_allow, q_tile_bits = _segment_bits(QAllow, b, Lq, offs_m, Lq, HAS_SEGMENTS, BLOCK_M)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        k_bit = tl.zeros([BLOCK_N], dtype=tl.int32)
+        k_bit, k_tile_bits = _segment_bits(KBit, b, Lk, offs_n, kv_len, HAS_SEGMENTS, BLOCK_N)
         live = True
-        if HAS_SEGMENTS:
-            k_bit = tl.load(KBit + b * Lk + offs_n, mask=offs_n < kv_len, other=0)
-            live = (q_tile_bits & tl.reduce(k_bit, 0, _bit_or)) != 0
+        if HAS_SEGMENTS:  # no allowed segment pair in this tile: skip its matmuls
+            live = (q_tile_bits & k_tile_bits) != 0
         if live:
             kv_mask = (offs_n[:, None] < kv_len) & d_ok[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
