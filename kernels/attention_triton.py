@@ -401,7 +401,8 @@ def segment_bits(q_segments: torch.Tensor, k_segments: torch.Tensor,
     S = allowed_pairs.shape[0]
     if S > 31:
         raise ValueError(f"at most 31 segments fit the int32 bit sets, got {S}")
-    weights = torch.ones(S, dtype=torch.int64, device=allowed_pairs.device) << torch.arange(S, device=allowed_pairs.device)
+    device = allowed_pairs.device
+    weights = torch.ones(S, dtype=torch.int64, device=device) << torch.arange(S, device=device)
     allow_rows = (allowed_pairs.to(torch.int64) * weights[None, :]).sum(1)
     device = q_segments.device
     q_allow = allow_rows.to(device)[q_segments.long()].to(torch.int32).contiguous()

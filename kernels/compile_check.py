@@ -87,7 +87,8 @@ def compile_kernels(arch: int = 90, head_dims=(32, 64, 128), dtypes=("fp16", "bf
                 for cfg in configs:
                     constexprs = dict(CAUSAL=True, HAS_LENGTHS=True, HAS_SEGMENTS=True, DOT_PRECISION="tf32",
                                       BLOCK_D=head_dim, **cfg.kwargs)
-                    label = f"D={head_dim} {cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}"
+                    tile = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']}"
+                    label = f"D={head_dim} {tile} w{cfg.num_warps} s{cfg.num_stages}"
                     build(autotuner.fn, dtype, constexprs, cfg.num_warps, cfg.num_stages, label)
     build(mt._cross_entropy_rows_kernel, "fp32", dict(HAS_SMOOTHING=True, BLOCK_V=4096), 16, 1, "BLOCK_V=4096 w16")
     return rows

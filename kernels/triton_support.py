@@ -15,7 +15,7 @@ import os
 def triton_importable() -> bool:
     try:
         import triton  # noqa: F401
-        import triton.language  # noqa: F401
+        import triton.language  # noqa: F401  (its backends load here; a broken install fails now)
     except Exception:  # ImportError, or a broken install that fails while loading its backends
         return False
     return True

@@ -172,11 +172,12 @@ def _interpreter_check() -> dict:
 
     rows = []
     g = torch.Generator().manual_seed(0)
+    three_segments = torch.tensor([[0] * 21 + [1] * 50 + [2] * 29])  # boundaries off the 32-wide tiles
     cases = {
         "attention ragged L=130": dict(B=3, Lq=130, Lk=130, kw=dict(key_lengths=torch.tensor([1, 37, 130]))),
         "attention causal cross 37x130": dict(B=2, Lq=37, Lk=130, kw=dict(causal=True)),
         "attention segments L=100": dict(B=1, Lq=100, Lk=100, kw=dict(
-            q_segments=torch.tensor([[0] * 21 + [1] * 50 + [2] * 29]), k_segments=torch.tensor([[0] * 21 + [1] * 50 + [2] * 29]),
+            q_segments=three_segments, k_segments=three_segments,
             allowed_pairs=torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool))),
     }
     for name, c in cases.items():
@@ -358,13 +359,16 @@ def masked_loss_cuda(args, dtype) -> list[dict]:
         F.cross_entropy(F.linear(hidden.reshape(-1, D), weight, bias).float(), labels).backward()
 
     def selected_full():
-        masked_linear_cross_entropy(hidden, weight, bias, positions, labels[positions], backend="reference")[0].backward()
+        loss, _ = masked_linear_cross_entropy(hidden, weight, bias, positions, labels[positions], backend="reference")
+        loss.backward()
 
     def fused():
-        masked_linear_cross_entropy(hidden, weight, bias, positions, labels[positions], backend="triton")[0].backward()
+        loss, _ = masked_linear_cross_entropy(hidden, weight, bias, positions, labels[positions], backend="triton")
+        loss.backward()
 
     rows = []
-    for name, fn, n_rows in (("full_logits", full, B * L), ("selected_full", selected_full, M), ("triton_chunked", fused, M)):
+    variants = (("full_logits", full, B * L), ("selected_full", selected_full, M), ("triton_chunked", fused, M))
+    for name, fn, n_rows in variants:
         def step(fn=fn):
             hidden.grad = weight.grad = bias.grad = None
             fn()
