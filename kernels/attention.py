@@ -13,14 +13,33 @@ Semantics (all implementations agree):
   KV cache uses the same flag).
 * A query row whose keys are all masked returns zeros (and, with
   ``return_lse``, a log-sum-exp of -inf replaced by 0 so it stays finite).
+
+Implementations (``backend=``, or ``OPT_SCALE_ATTENTION_BACKEND`` for code
+that cannot pass it, e.g. a whole model under the Triton interpreter):
+
+* ``"auto"`` (default): ``"triton"`` for CUDA tensors when Triton imports,
+  otherwise ``"sdpa"``.
+* ``"sdpa"``: PyTorch ``scaled_dot_product_attention`` with an equivalent
+  boolean mask built here (the CPU path; autograd by PyTorch).
+* ``"triton"``: the fused flash-attention kernels (:mod:`.attention_triton`)
+  behind the ``opt_scale::fused_attention`` custom op. Forcing it on CPU
+  tensors needs ``TRITON_INTERPRET=1`` (tests, ``opt-bench kernels``).
+* ``"blocked"``: the custom op's PyTorch implementation (query-blocked, same
+  recurrence as the kernels).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
+
+from .triton_support import triton_usable_for
+
+BACKENDS = ("auto", "sdpa", "triton", "blocked")
+BACKEND_ENV = "OPT_SCALE_ATTENTION_BACKEND"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -30,12 +49,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               allowed_pairs: torch.Tensor | None = None,
               causal: bool = False,
               scale: float | None = None,
-              return_lse: bool = False):
+              return_lse: bool = False,
+              backend: str | None = None):
     if (q_segments is None) != (k_segments is None) or ((q_segments is None) != (allowed_pairs is None)):
         raise ValueError("q_segments, k_segments and allowed_pairs go together")
-    return attention_reference(q, k, v, key_lengths=key_lengths, q_segments=q_segments,
-                               k_segments=k_segments, allowed_pairs=allowed_pairs, causal=causal,
-                               scale=scale, return_lse=return_lse)
+    chosen = choose_backend(q, backend, num_segments=allowed_pairs.shape[0] if allowed_pairs is not None else 0)
+    if chosen == "sdpa":
+        return attention_reference(q, k, v, key_lengths=key_lengths, q_segments=q_segments,
+                                   k_segments=k_segments, allowed_pairs=allowed_pairs, causal=causal,
+                                   scale=scale, return_lse=return_lse)
+    from .attention_op import fused_attention
+    out, lse = fused_attention(q, k, v, key_lengths=key_lengths, q_segments=q_segments, k_segments=k_segments,
+                               allowed_pairs=allowed_pairs, causal=causal, scale=scale, impl=chosen)
+    return (out, lse) if return_lse else out
+
+
+def choose_backend(q: torch.Tensor, backend: str | None = None, num_segments: int = 0) -> str:
+    """The implementation a call runs: see the module doc."""
+    backend = backend or os.environ.get(BACKEND_ENV, "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    # The kernels cover head dims up to 256 (one register tile per row) and
+    # 31 segments (int32 bit sets).
+    if q.device.type == "cuda" and q.shape[-1] <= 256 and num_segments <= 31 and triton_usable_for("cuda"):
+        return "triton"
+    return "sdpa"
 
 
 def build_mask(batch: int, lq: int, lk: int, device: torch.device, *,

@@ -15,6 +15,7 @@ from .report import write_json
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
 SUBCOMMANDS: dict[str, str] = {
+    "kernels": "opt_scale.bench.kernels",
     "learning": "opt_scale.bench.learning",
     "shards": "opt_scale.bench.shards",
 }
