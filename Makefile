@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev demo test clean-demo
+.PHONY: setup setup-dev demo demo-eval test clean-demo
 
 setup:
 	@scripts/setup_env.sh
@@ -23,3 +23,9 @@ test: setup-dev
 
 clean-demo:
 	rm -rf runs/demo
+
+# Optional, after `make demo`: what the demo checkpoint can do, on the 64
+# held-out demo samples: retrieval R@K (all directions), captions
+# (BLEU-4/CIDEr/WER) and a text-to-image grid -> runs/demo/eval/
+demo-eval: setup
+	@VENV=$(VENV) scripts/demo_eval.sh

@@ -27,6 +27,11 @@ class DemoAssets:
         return self.root / "shards" / "demo-index.json"
 
     @property
+    def heldout(self) -> Path:
+        """Samples of 64 images never trained on (``--holdout heldout:64``)."""
+        return self.root / "shards" / "demo-heldout-index.json"
+
+    @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer.model"
 
@@ -63,10 +68,10 @@ def prepare(root: str | Path, n: int = 512, vq_steps: int = 80, seed: int = 0) -
     result = build(BuildOptions(annotations=[str(ann)], image_root=str(assets.root / "raw/images"),
                                 audio_root=str(assets.root / "raw/recordings"), out_dir=str(assets.shards.parent),
                                 prefix="demo", samples_per_shard=64, image_short_side=128, workers=2,
-                                progress=False))
-    samples = sum(c["samples"] for c in result.per_split.values())
-    print(f"   {samples} samples in {assets.shards} ({result.shards_skipped} of "
-          f"{result.shards_built + result.shards_skipped} shards already built)")
+                                holdouts=["heldout:64"], progress=False))
+    splits = ", ".join(f"{name} {c['samples']}" for name, c in sorted(result.per_split.items()))
+    print(f"   samples: {splits} ({result.shards_skipped} of {result.shards_built + result.shards_skipped} "
+          f"shards were already built)")
     if not assets.tokenizer.is_file():
         _say(f"SentencePiece tokenizer -> {assets.tokenizer}")
         train_tokenizer(str(assets.shards), 128, str(assets.tokenizer))

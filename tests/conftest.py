@@ -66,7 +66,8 @@ def trained_run(demo_shards, demo_tokenizer, demo_vq, tmp_path_factory) -> Path:
     overrides = [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
                  f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256", f"train.out_dir={run}",
                  "train.log_every=1", "data.num_workers=1", "train.micro_batch_size=4", "train.checkpoint_every=0",
-                 "train.steps=4"]
+                 "train.steps=4", f"data.eval_shards={demo_shards / 'demo-index.json'}", "train.eval_every=4",
+                 "train.eval_samples=8"]
     proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides], timeout=600)
     (run / "stdout.txt").write_text(proc.stdout)
     return run

@@ -10,7 +10,7 @@ from opt_scale.tasks.pretrainer import OPTPretrainer
 PART_MODULES = {
     "text_encoder": ["model.text"], "vision_encoder": ["model.vision"], "audio_encoder": ["model.audio"],
     "cross_encoder": ["model.cross"], "text_decoder": ["text_decoder"], "image_decoder": ["image_decoder"],
-    "heads": ["mlm", "mvm", "mam", "matching", "mvm_regress"],
+    "heads": ["mlm", "mvm", "mam", "matching", "mvm_regress", "contrastive"],
 }
 
 
@@ -38,7 +38,7 @@ def test_parameter_formula_matches_modules_on_meta_device(preset, regress):
     with torch.device("meta"):  # nothing is allocated, even for xl
         net = OPTPretrainer(cfg.model, cfg.tasks, vq=None)
     seen: set[int] = set()
-    formula = part_parameters(cfg.model, mvm_regress=regress)
+    formula = part_parameters(cfg.model, mvm_regress=regress, contrastive_dim=cfg.tasks.contrastive.dim)
     for part in ("text_encoder", "vision_encoder", "audio_encoder", "cross_encoder", "text_decoder",
                  "image_decoder", "heads"):
         assert counted(net, PART_MODULES[part], seen) == formula[part], (preset, part)

@@ -123,7 +123,7 @@ def test_contrastive_alignment_against_explicit_infonce(run):
     for m, (tokens, valid) in towers.items():
         pooled = torch.stack([tokens[i][valid[i]].mean(0) for i in range(len(tokens))])
         emb[m] = F.normalize(head.proj[m](pooled).double(), dim=-1)
-    scale = float(head.log_scale.exp())
+    scale = float(head.log_scale.detach().exp())
     total = 0.0
     for a, b in (("text", "image"), ("text", "audio"), ("image", "audio")):
         sims = scale * emb[a] @ emb[b].t()
@@ -153,3 +153,21 @@ def test_every_parameter_gets_a_gradient(demo_shards, demo_tokenizer):
     out["loss"].backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_model_losses_equal_on_the_triton_kernels_and_the_default_cpu_paths(demo_shards, demo_tokenizer,
+                                                                           monkeypatch):
+    """The whole model through the Triton kernels (interpreter) gives the
+    default CPU paths' losses (SDPA attention, chunked masked loss)."""
+    from opt_scale.data.tokenizer import Tokenizer
+    cfg = small_config(Tokenizer(str(demo_tokenizer)).vocab_size)
+    net = small_pretrainer(cfg).eval()
+    batch = demo_batch(demo_shards, demo_tokenizer, cfg, batch_size=3)
+    with torch.no_grad():
+        default = net(batch)
+        monkeypatch.setenv("OPT_SCALE_ATTENTION_BACKEND", "triton")
+        monkeypatch.setenv("OPT_SCALE_MASKED_LOSS_BACKEND", "triton")
+        fused = net(batch)
+    for name, value in default.items():
+        if name.startswith("loss"):
+            assert rel_err(fused[name], value) < 1e-4, name

@@ -30,6 +30,10 @@ def test_two_rank_zero3_training_writes_checkpoint_and_tensorboard(trained_run):
     assert [e.step for e in losses] == [1, 2, 3, 4]
     assert all(0 < e.value < 60 for e in losses)  # six finite task losses, each a few nats at init
     assert (run / "config.json").is_file() and (run / "tokenizer.model").is_file()
+    # Periodic evaluation at step 4 logged retrieval, captioning and an image grid.
+    assert {"eval/retrieval/text->image/R@1", "eval/retrieval/image+audio->text/R@10",
+            "eval/caption/image/BLEU-4", "eval/caption/audio/WER"} <= tags
+    assert acc.Tags()["images"] == ["eval/text_to_image"]
 
 
 def test_vq_command_writes_a_loadable_tokenizer(demo_vq):

@@ -19,7 +19,7 @@ from pathlib import Path
 from .events import read_scalars
 from .report import plot_lines, print_table
 
-TASKS = ("mlm", "mvm", "mam", "dtr", "dir", "matching")
+TASKS = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
 
 
 def add_arguments(p) -> None:

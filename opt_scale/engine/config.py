@@ -33,6 +33,8 @@ class TrainConfig:
     keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
     log_every: int = 10              # steps between TensorBoard/console logs
     max_bad_steps: int = 5           # consecutive non-finite losses before aborting
+    eval_every: int = 0              # steps between evaluations on data.eval_shards (0: never)
+    eval_samples: int = 64           # held-out samples each evaluation uses
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: from the device table (opt_scale/engine/peak.py)
     log_samples: bool = False        # write the sample keys of every step to <out_dir>/samples/rank<r>.jsonl
     inject_nan_at: tuple[int, ...] = ()  # testing aid: poison the loss with NaN at these steps
@@ -52,3 +54,5 @@ class TrainConfig:
         require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         require(self.max_bad_steps > 0, "train.max_bad_steps", "must be positive")
         require(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0")
+        require(self.eval_every >= 0 and self.eval_samples > 0, "train.eval_every",
+                "eval_every must be >= 0 and eval_samples positive")

@@ -27,6 +27,7 @@ from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
 from .peak import peak_tflops
+from .periodic_eval import PeriodicEvaluator
 from .throughput import batch_train_flops, modality_tokens
 from .state import TrainState, restore_rng_state, rng_state
 
@@ -149,6 +150,8 @@ def train(cfg: RunConfig) -> RunSummary:
     if dist_env.is_main and pretraining:
         log.info("MFU peak: %s TFLOP/s per rank (%s)", f"{peak:.1f}" if peak else "unknown", peak_source)
     sample_log = open_sample_log(out_dir, dist_env.rank) if cfg.train.log_samples else None
+    evaluator = PeriodicEvaluator(cfg, engine, model.vq if pretraining else None, tokenizer, logger.writer,
+                                  dist_env.is_main)
     window, bad_streak = Window(), 0
     window_start = loop_start = time.perf_counter()
     data_wait = 0.0
@@ -206,6 +209,8 @@ def train(cfg: RunConfig) -> RunSummary:
             first_loss = means["loss/total"] if first_loss is None else first_loss
             last_loss = means["loss/total"]
             window, data_wait, window_start = Window(), 0.0, time.perf_counter()
+        if pretraining and evaluator.enabled(state.step):
+            evaluator.run(state.step)
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
             last_ckpt = save()
     loop_seconds = time.perf_counter() - loop_start

@@ -62,7 +62,7 @@ def vocab(cfg: ModelConfig) -> int:
     return cfg.text.vocab_size or DEFAULT_VOCAB
 
 
-def part_parameters(cfg: ModelConfig, mvm_regress: bool = False) -> dict[str, int]:
+def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim: int = 128) -> dict[str, int]:
     """Trainable parameters of each part of :class:`OPTPretrainer` (tied weights once)."""
     t, v, a, c = cfg.text, cfg.vision, cfg.audio, cfg.cross
     d, V, K = c.hidden, vocab(cfg), cfg.vq.codebook_size
@@ -86,6 +86,7 @@ def part_parameters(cfg: ModelConfig, mvm_regress: bool = False) -> dict[str, in
                       + (linear(d, d) + layer_norm(d) + K * d + K)         # MVM
                       + linear(d, a.hidden)                                # MAM
                       + linear(d, d) + linear(d, 5)                        # matching
+                      + 3 * linear(d, contrastive_dim) + 1                 # contrastive projections + temperature
                       + (linear(d, 3 * v.patch_size ** 2) if mvm_regress else 0))
     return parts
 
@@ -119,7 +120,7 @@ def max_lengths(cfg: ModelConfig) -> SequenceLengths:
 
 
 def part_forward_flops(cfg: ModelConfig, lengths: SequenceLengths | None = None, views: int = 2,
-                       mask_prob: float = 0.15) -> dict[str, float]:
+                       mask_prob: float = 0.15, contrastive_dim: int = 128) -> dict[str, float]:
     """Forward FLOPs per training sample, by part."""
     n = lengths or max_lengths(cfg)
     t, v, a, c = cfg.text, cfg.vision, cfg.audio, cfg.cross
@@ -145,7 +146,7 @@ def part_forward_flops(cfg: ModelConfig, lengths: SequenceLengths | None = None,
     flops["heads"] = (2 * masked(n.text) * (d * d + d * vocab(cfg))
                       + 2 * masked(n.image) * (d * d + d * cfg.vq.codebook_size)
                       + 2 * masked(n.audio) * d * a.hidden + 2 * (masked(n.audio) ** 2) * a.hidden
-                      + 2 * (d * d + 5 * d))
+                      + 2 * (d * d + 5 * d) + 3 * 2 * d * contrastive_dim)
     return flops
 
 

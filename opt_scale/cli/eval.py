@@ -1,0 +1,129 @@
+"""``opt-eval``: what a checkpoint can do — retrieval, captioning, text-to-image.
+
+CHECKPOINT is an ``opt-export`` directory, a DeepSpeed checkpoint directory,
+or a run directory (its newest complete checkpoint). Runs on one process, or
+under ``torchrun``/``srun`` with the work split over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
+    p.add_argument("--checkpoint", required=True, help="export, checkpoint or run directory")
+    if shards:
+        p.add_argument("--shards", required=True, help="held-out shards: index .json, paths or brace pattern")
+        p.add_argument("--max-samples", type=int, default=0, help="use only the first N samples (0: all)")
+        p.add_argument("--batch-size", type=int, default=32, help="samples per forward")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device")
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opt-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("retrieval", help="recall@1/5/10 for every direction among text, image and audio",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(r)
+    r.add_argument("--rerank", type=int, default=16,
+                   help="candidates per query re-scored by the matching head after the embedding pre-ranking")
+    c = sub.add_parser("caption", help="captions from image, audio and both; BLEU-4, CIDEr, WER",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(c)
+    c.add_argument("--beam", type=int, default=3, help="beam width (1: greedy)")
+    c.add_argument("--show", type=int, default=5, help="print this many example captions")
+    g = sub.add_parser("generate", help="text-to-image through the image decoder and the VQ decoder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(g, shards=False)
+    g.add_argument("--prompt", action="append", required=True, help="a caption (repeat for several rows)")
+    g.add_argument("--n", type=int, default=4, help="images per prompt")
+    g.add_argument("--top-k", type=int, default=50, help="sample each code from the k most likely")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--out", required=True, help="PNG grid to write")
+    return p
+
+
+def _dist():
+    """(rank, world) from torchrun/srun; the process group when world > 1."""
+    import torch.distributed as dist
+    from opt_scale.engine.distributed import backend, detect, prepare_environment
+    env = detect()
+    if env.world_size > 1 and not dist.is_initialized():
+        prepare_environment(env)
+        dist.init_process_group(backend())
+    return env.rank, env.world_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
+    import torch
+    from opt_scale.bench.report import print_table
+    from opt_scale.eval.load import load_for_eval
+    from opt_scale.model.generation import OPTGenerator
+
+    rank, world = _dist()
+    loaded = load_for_eval(args.checkpoint, args.device)
+    net, cfg, tok = loaded.net, loaded.config, loaded.tokenizer
+    result: dict = {"command": args.command, "checkpoint": str(args.checkpoint)}
+    if args.command == "generate":
+        from opt_scale.eval.grid import image_grid
+        if rank == 0:
+            grid = image_grid(OPTGenerator(net, tok), args.prompt, args.n, args.top_k, args.temperature, args.seed)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            grid.save(args.out)
+            print(f"image grid: {args.out}")
+        result["out"] = args.out
+    else:
+        from opt_scale.eval.data import iter_eval_batches
+        batches = iter_eval_batches(args.shards, cfg.model, tok, args.batch_size, args.max_samples, rank, world)
+        if args.command == "retrieval":
+            from opt_scale.eval.retrieval import encode_set, evaluate_retrieval, gather_sets
+            data = gather_sets(encode_set(net, batches, torch.device(args.device)))
+            result["samples"] = len(data)
+            result["recall"] = evaluate_retrieval(net, data, args.rerank, torch.device(args.device), rank=rank,
+                                                  world_size=world)
+            if rank == 0:
+                rows = [{"direction": d, **v} for d, v in result["recall"].items()]
+                print_table(rows, title=f"retrieval over {len(data)} held-out samples (re-rank top {args.rerank})")
+        else:
+            from opt_scale.eval.captioning import SOURCES, caption_set, score_captions
+            caps = caption_set(OPTGenerator(net, tok), batches, args.beam)
+            if world > 1:
+                import torch.distributed as dist
+                parts: list = [None] * world
+                dist.all_gather_object(parts, caps)
+                caps = {k: [x for p in parts for x in p[k]] for k in caps}
+            result["samples"] = len(caps["keys"])
+            result["scores"] = score_captions(caps)
+            result["examples"] = [{"reference": caps["references"][i], **{s: caps[s][i] for s in SOURCES}}
+                                  for i in range(min(args.show, len(caps["keys"])))]
+            if rank == 0:
+                rows = [{"source": s, **v} for s, v in result["scores"].items()]
+                print_table(rows, title=f"captioning over {result['samples']} held-out samples (beam {args.beam})")
+                for ex in result["examples"]:
+                    print(f"\n  reference:   {ex['reference']}")
+                    for s in SOURCES:
+                        print(f"  {s + ':':<13}{ex[s]}")
+    if args.json and rank == 0:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

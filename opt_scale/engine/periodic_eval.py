@@ -1,0 +1,92 @@
+"""Evaluation during training: the same metrics as ``opt-eval``, to TensorBoard.
+
+Every ``train.eval_every`` steps all ranks gather the full weights (ZeRO-3
+partitions are all-gathered: a collective, so the models that fit in one
+process's memory); rank 0 evaluates a plain copy of the model on the first
+``train.eval_samples`` samples of ``data.eval_shards`` — retrieval R@1/5/10
+for every direction, caption BLEU-4/CIDEr/WER, and a text-to-image grid —
+while the other ranks wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .export import gather_full_state_dict
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicEvaluator:
+    def __init__(self, cfg, engine, frozen_vq, tokenizer, writer, is_main: bool):
+        self.cfg = cfg
+        self.engine = engine
+        self.vq = frozen_vq
+        self.tokenizer = tokenizer
+        self.writer = writer
+        self.is_main = is_main
+
+    def enabled(self, step: int) -> bool:
+        every = self.cfg.train.eval_every
+        return bool(every and self.cfg.data.eval_shards and step % every == 0)
+
+    def run(self, step: int) -> dict:
+        state = gather_full_state_dict(self.engine)  # every rank takes part
+        metrics = {}
+        if self.is_main:
+            started = time.time()
+            metrics = self._evaluate(state)
+            for name, value in metrics.items():
+                if not isinstance(value, (str, np.ndarray)):
+                    self.writer.add_scalar(name, value, step)
+            if "eval/examples" in metrics:
+                self.writer.add_text("eval/captions", metrics["eval/examples"], step)
+            if "eval/grid" in metrics:
+                self.writer.add_image("eval/text_to_image", metrics["eval/grid"], step, dataformats="HWC")
+            self.writer.flush()
+            log.info("eval at step %d (%.0fs): %s", step, time.time() - started,
+                     ", ".join(f"{k[5:]} {v:.1f}" for k, v in metrics.items() if k.endswith(("R@1", "BLEU-4"))))
+        del state
+        if dist.is_initialized():
+            dist.barrier()
+        return metrics
+
+    @torch.no_grad()
+    def _evaluate(self, state: dict) -> dict:
+        from opt_scale.eval.captioning import SOURCES, caption_set, score_captions
+        from opt_scale.eval.data import iter_eval_batches
+        from opt_scale.eval.grid import image_grid
+        from opt_scale.eval.retrieval import encode_set, evaluate_retrieval
+        from opt_scale.model.generation import OPTGenerator
+        from opt_scale.tasks.pretrainer import OPTPretrainer
+
+        cfg = self.cfg
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        net = OPTPretrainer(cfg.model, cfg.tasks, vq=self.vq)
+        net.load_state_dict(state)
+        net.to(device).eval()
+        batches = list(iter_eval_batches(cfg.data.eval_shards, cfg.model, self.tokenizer, 32,
+                                         cfg.train.eval_samples))
+        metrics: dict = {}
+        recall = evaluate_retrieval(net, encode_set(net, batches, device), rerank=8, device=device)
+        for direction, values in recall.items():
+            for k, v in values.items():
+                metrics[f"eval/retrieval/{direction}/{k}"] = v
+        gen = OPTGenerator(net, self.tokenizer)
+        caps = caption_set(gen, batches[:1], beam=1)
+        for source, values in score_captions(caps).items():
+            for k, v in values.items():
+                metrics[f"eval/caption/{source}/{k}"] = v
+        metrics["eval/examples"] = "\n\n".join(
+            f"**reference** {caps['references'][i]}  \n" + "  \n".join(f"**{s}** {caps[s][i]}" for s in SOURCES)
+            for i in range(min(3, len(caps["keys"]))))
+        if self.vq is not None:
+            prompts = [b for b in caps["references"][:2]]
+            metrics["eval/grid"] = np.asarray(image_grid(gen, prompts, per_prompt=4, top_k=50))
+        net.to("cpu")
+        return metrics

@@ -1,0 +1,1 @@
+"""Evaluation: cross-modal retrieval, captioning, text-to-image (``opt-eval``)."""

@@ -1,0 +1,170 @@
+"""Cross-modal retrieval with OPT's protocol: pre-rank, then re-rank by the head.
+
+Every direction among text, image and audio (and the paired queries
+text+audio -> image, image+audio -> text) is scored in two stages:
+
+1. pre-ranking by cosine similarity of the towers' pooled embeddings (the
+   contrastive alignment task's projections; for a paired query, the sum of
+   both modalities' similarities): cheap for thousands of candidates;
+2. the ``rerank`` best candidates of each query are re-scored by the
+   matching head on the cross-modal encoding of (query, candidate), with the
+   unused modality left out, as the head saw during training. The score is
+   log P("matched").
+
+A candidate is correct when it shows the query's image (image on either
+side), otherwise when it is the query's own narrative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from opt_scale.data.masking import MATCHED
+from opt_scale.tasks.pretrainer import OPTPretrainer
+
+from .data import EvalBatch
+
+MODALITIES = ("text", "image", "audio")
+DIRECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "text->image": (("text",), "image"), "image->text": (("image",), "text"),
+    "text->audio": (("text",), "audio"), "audio->text": (("audio",), "text"),
+    "image->audio": (("image",), "audio"), "audio->image": (("audio",), "image"),
+    "text+audio->image": (("text", "audio"), "image"), "image+audio->text": (("image", "audio"), "text"),
+}
+
+
+@dataclass
+class EncodedSet:
+    """Per-sample tower outputs (CPU) and pooled embeddings of an eval set."""
+    keys: list[str] = field(default_factory=list)
+    image_ids: list[str] = field(default_factory=list)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)           # modality -> [N, dim]
+    towers: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@torch.no_grad()
+def encode_set(net: OPTPretrainer, batches, device) -> EncodedSet:
+    out = EncodedSet(towers={m: [] for m in MODALITIES})
+    embs = {m: [] for m in MODALITIES}
+    for b in batches:
+        towers = net.model.encode_towers(b.text_ids.to(device), b.text_len.to(device), b.pixels.to(device),
+                                         b.mel.to(device), b.mel_len.to(device))
+        for m, (tokens, valid) in zip(MODALITIES, towers):
+            embs[m].append(net.contrastive.embed(m, tokens, valid).cpu())
+            for i in range(len(tokens)):
+                n = int(valid[i].sum())
+                out.towers[m].append((tokens[i, :n].half().cpu(), valid[i, :n].cpu()))
+        out.keys += b.keys
+        out.image_ids += b.image_ids
+    out.embeddings = {m: torch.cat(v) for m, v in embs.items()}
+    return out
+
+
+def gather_sets(local: EncodedSet) -> EncodedSet:
+    """Every rank's share, concatenated in rank order (a collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    out = EncodedSet(towers={m: [] for m in MODALITIES})
+    for p in parts:
+        out.keys += p.keys
+        out.image_ids += p.image_ids
+        for m in MODALITIES:
+            out.towers[m] += p.towers[m]
+    out.embeddings = {m: torch.cat([p.embeddings[m] for p in parts]) for m in MODALITIES}
+    return out
+
+
+def correct_matrix(data: EncodedSet, query_mods: tuple[str, ...], target: str) -> torch.Tensor:
+    """[N, N] bool: is candidate c a right answer for query q."""
+    if "image" in query_mods or target == "image":
+        ids = data.image_ids
+    else:
+        ids = data.keys
+    codes = {v: i for i, v in enumerate(dict.fromkeys(ids))}
+    t = torch.tensor([codes[v] for v in ids])
+    return t[:, None] == t[None, :]
+
+
+def recall_at_k(scores: torch.Tensor, correct: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:
+    """Share of queries with a correct candidate among their ``k`` best."""
+    order = scores.argsort(dim=1, descending=True)
+    hits = correct.gather(1, order)
+    never = torch.full((len(hits),), hits.shape[1] + 1)
+    first = torch.where(hits.any(1), hits.float().argmax(1), never)
+    return {k: float((first < k).float().mean()) for k in ks}
+
+
+def pad_stack(items: list[tuple[torch.Tensor, torch.Tensor]], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(1, max(t.shape[0] for t, _ in items))
+    D = items[0][0].shape[1]
+    tokens = torch.zeros(len(items), L, D, dtype=dtype, device=device)
+    valid = torch.zeros(len(items), L, dtype=torch.bool, device=device)
+    for i, (t, v) in enumerate(items):
+        tokens[i, : t.shape[0]] = t.to(device, dtype)
+        valid[i, : v.shape[0]] = v.to(device)
+    return tokens, valid
+
+
+@torch.no_grad()
+def matched_scores(net: OPTPretrainer, data: EncodedSet, pairs: list[tuple[int, int]],
+                   query_mods: tuple[str, ...], target: str, device, batch_size: int = 64) -> torch.Tensor:
+    """log P(matched) from the matching head for (query, candidate) pairs."""
+    dtype = next(net.parameters()).dtype
+    shown = set(query_mods) | {target}
+    keep_row = torch.tensor([m in shown for m in MODALITIES], device=device)
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        towers = []
+        for m in MODALITIES:
+            source = [c if m == target else q for q, c in chunk]
+            towers.append(pad_stack([data.towers[m][i] for i in source], device, dtype))
+        keep = keep_row.expand(len(chunk), 3)
+        out = net.model.fuse(towers, keep)
+        logits = net.matching(out.cls)
+        scores.append(torch.log_softmax(logits.float(), -1)[:, MATCHED].cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def retrieval_scores(net: OPTPretrainer, data: EncodedSet, direction: str, rerank: int, device,
+                     rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """[N, N] scores: re-ranked top candidates lead, the rest keep their
+    similarity order behind them. Queries are split over ranks."""
+    query_mods, target = DIRECTIONS[direction]
+    sims = sum(data.embeddings[m] @ data.embeddings[target].t() for m in query_mods)
+    scores = sims.clone()
+    k = min(rerank, len(data))
+    if k == 0:
+        return scores
+    top = sims.topk(k, dim=1).indices
+    mine = list(range(rank, len(data), world_size))
+    pairs = [(q, int(c)) for q in mine for c in top[q]]
+    head = matched_scores(net, data, pairs, query_mods, target, device)
+    offset = float(sims.max() - head.min() + 1) if len(head) else 0.0  # re-ranked above all the rest
+    local = torch.full_like(scores, float("nan"))
+    for (q, c), s in zip(pairs, head.tolist()):
+        local[q, c] = s + offset
+    if dist.is_initialized() and world_size > 1:
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, local)
+        local = torch.stack(gathered).nan_to_num(float("-inf")).max(0).values
+        local[torch.isneginf(local)] = float("nan")
+    return torch.where(torch.isnan(local), scores, local)
+
+
+def evaluate_retrieval(net: OPTPretrainer, data: EncodedSet, rerank: int, device, ks=(1, 5, 10),
+                       rank: int = 0, world_size: int = 1) -> dict[str, dict[str, float]]:
+    results = {}
+    for direction, (query_mods, target) in DIRECTIONS.items():
+        scores = retrieval_scores(net, data, direction, rerank, device, rank, world_size)
+        recalls = recall_at_k(scores, correct_matrix(data, query_mods, target), ks)
+        results[direction] = {f"R@{k}": 100 * v for k, v in recalls.items()}
+    return results

@@ -1,0 +1,54 @@
+"""opt-eval end to end on a (briefly) trained checkpoint: one process and two."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from .conftest import BIN, run_cli
+
+DIRECTIONS = {"text->image", "image->text", "text->audio", "audio->text", "image->audio", "audio->image",
+              "text+audio->image", "image+audio->text"}
+
+
+def test_retrieval_from_a_deepspeed_checkpoint(trained_run, demo_shards, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli(["opt-eval", "retrieval", "--checkpoint", str(trained_run), "--shards",
+                    str(demo_shards / "demo-index.json"), "--max-samples", "12", "--rerank", "4", "--json", str(out)],
+                   timeout=300)
+    res = json.loads(out.read_text())
+    assert res["samples"] == 12 and set(res["recall"]) == DIRECTIONS
+    for d in DIRECTIONS:
+        r = res["recall"][d]
+        assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+    assert "text+audio->image" in proc.stdout
+
+
+@pytest.mark.distributed
+def test_retrieval_over_two_ranks_equals_one_process(trained_run, demo_shards, tmp_path):
+    args = ["retrieval", "--checkpoint", str(trained_run), "--shards", str(demo_shards / "demo-index.json"),
+            "--max-samples", "10", "--rerank", "3"]
+    run_cli(["opt-eval", *args, "--json", str(tmp_path / "one.json")], timeout=300)
+    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "opt-eval"), *args, "--json",
+             str(tmp_path / "two.json")], timeout=300)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["samples"] == 10
+    for d in DIRECTIONS:
+        assert two["recall"][d] == pytest.approx(one["recall"][d])
+
+
+def test_caption_and_generate_from_an_export(trained_run, demo_shards, tmp_path):
+    export = tmp_path / "export"
+    run_cli(["opt-export", str(trained_run), "--out", str(export)], timeout=300)
+    out = tmp_path / "c.json"
+    run_cli(["opt-eval", "caption", "--checkpoint", str(export), "--shards", str(demo_shards / "demo-index.json"),
+             "--max-samples", "4", "--beam", "2", "--json", str(out)], timeout=300)
+    res = json.loads(out.read_text())
+    assert set(res["scores"]) == {"image", "audio", "image+audio"}
+    assert {"BLEU-4", "CIDEr"} <= set(res["scores"]["image"]) and "WER" in res["scores"]["audio"]
+    assert len(res["examples"]) == 4
+    grid = tmp_path / "grid.png"
+    run_cli(["opt-eval", "generate", "--checkpoint", str(export), "--prompt", "a small red circle",
+             "--prompt", "a large blue square", "--n", "3", "--top-k", "8", "--out", str(grid)], timeout=300)
+    with Image.open(grid) as im:
+        assert im.size[0] == 3 * 64 * 2 and im.size[1] == 2 * (64 * 2 + 14)
