@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import AudioConfig
-from .layers import INIT_STD, Embedding, EncoderStack, Linear
-from .norm import LayerNorm
+from .layers import Linear
+from .tower import TokenTower
 
 
 class ConvSubsampler(nn.Module):
@@ -39,18 +39,11 @@ class ConvSubsampler(nn.Module):
         return self.out(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq))
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(TokenTower):
     def __init__(self, cfg: AudioConfig, out_hidden: int):
-        super().__init__()
+        super().__init__(cfg, cfg.tokens_for_frames(cfg.max_frames), out_hidden, maskable=True)
         self.cfg = cfg
         self.subsample = ConvSubsampler(cfg)
-        self.positions = Embedding(cfg.tokens_for_frames(cfg.max_frames), cfg.hidden)
-        self.modality = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
-        self.mask_token = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
-        self.embed_norm = LayerNorm(cfg.hidden)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)
-        self.proj = Linear(cfg.hidden, out_hidden) if cfg.hidden != out_hidden else nn.Identity()
 
     def token_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         n = frame_lengths
@@ -67,12 +60,4 @@ class AudioEncoder(nn.Module):
         """mel [B, T, 80]; token_mask [B, T'] bool (True = replaced by [mask])
         -> tokens [B, T', out], valid [B, T']."""
         x = self.embed(mel, frame_lengths) if features is None else features
-        if token_mask is not None:
-            x = torch.where(token_mask[..., None], self.mask_token.to(x.dtype), x)
-        T = x.shape[1]
-        lengths = self.token_lengths(frame_lengths)
-        x = x + self.positions(torch.arange(T, device=x.device))[None] + self.modality
-        x = self.dropout(self.embed_norm(x))
-        x = self.encoder(x, key_lengths=lengths)
-        valid = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
-        return self.proj(x), valid
+        return self.encode(x, self.token_lengths(frame_lengths), token_mask)
