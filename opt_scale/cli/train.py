@@ -6,6 +6,10 @@ size come from the environment). Examples::
     opt-train --config tiny --set data.train_shards=runs/demo/shards/demo-index.json \\
               --set data.tokenizer=runs/demo/tokenizer.model
     torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
+
+Exit codes: 0 trained to ``train.steps``; 2 bad configuration; 75 stopped
+early by SIGUSR1 or SIGTERM after writing a checkpoint: requeue the job and it
+resumes with ``train.resume=auto`` (see opt_scale/engine/preemption.py).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opt-train: error: {err}", file=sys.stderr)
         return 2
     from opt_scale.engine.distributed import detect
+    from opt_scale.engine.preemption import REQUEUE_EXIT_CODE
     if detect().is_main:
         print("\n=== opt-train summary ===")
         print(f"steps            {summary.steps} ({summary.skipped_steps} skipped)")
@@ -72,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput       {summary.samples_per_s:.1f} samples/s")
         print(f"checkpoint       {summary.checkpoint}")
         print(f"tensorboard      {summary.tensorboard}   (tensorboard --logdir {summary.tensorboard})")
-    return 0
+        if summary.stop_signal:
+            print(f"stopped early    on {summary.stop_signal} after step {summary.steps}: checkpointed; "
+                  f"exit code {REQUEUE_EXIT_CODE} asks for a requeue (resume with train.resume=auto)")
+    # Every rank returns it, so that srun reports it as the step's exit code.
+    return REQUEUE_EXIT_CODE if summary.stop_signal else 0
 
 
 if __name__ == "__main__":

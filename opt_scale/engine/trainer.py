@@ -28,6 +28,7 @@ from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
 from .peak import peak_tflops
 from .periodic_eval import PeriodicEvaluator
+from .preemption import PreemptionHandler
 from .throughput import batch_train_flops, modality_tokens
 from .state import TrainState, restore_rng_state, rng_state
 
@@ -43,6 +44,7 @@ class RunSummary:
     skipped_steps: int
     checkpoint: str
     tensorboard: str
+    stop_signal: str = ""   # the signal that stopped training before train.steps; "" if it ran to the end
 
 
 def fill_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> None:
@@ -96,6 +98,8 @@ def throughput_scalars(totals: dict[str, float], elapsed: float, peak: float | N
 
 
 def train(cfg: RunConfig) -> RunSummary:
+    # First, so that a stop signal during the slow start-up is recorded, not fatal.
+    preemption = PreemptionHandler().install()
     dist_env = distributed.detect()
     distributed.prepare_environment(dist_env)
     setup_logging(dist_env.rank)
@@ -213,6 +217,9 @@ def train(cfg: RunConfig) -> RunSummary:
             evaluator.run(state.step)
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
             last_ckpt = save()
+        # Collective (every rank, every step): stop together once any rank got SIGUSR1/SIGTERM.
+        if state.step < cfg.train.steps and preemption.should_stop(state.step):
+            break
     loop_seconds = time.perf_counter() - loop_start
     if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
         last_ckpt = save()
@@ -226,7 +233,9 @@ def train(cfg: RunConfig) -> RunSummary:
             log.info("VQ tokenizer: %s (use it with --set model.vq.checkpoint=%s)", out_dir / "vq.safetensors",
                      out_dir / "vq.safetensors")
     logger.close()
+    preemption.release()
     samples = (state.step - first_step) * global_batch
     return RunSummary(steps=state.step, first_loss=first_loss or float("nan"), last_loss=last_loss or float("nan"),
                       samples_per_s=samples / max(loop_seconds, 1e-9), skipped_steps=state.skipped_steps,
-                      checkpoint=str(last_ckpt), tensorboard=str(out_dir / "tensorboard"))
+                      checkpoint=str(last_ckpt), tensorboard=str(out_dir / "tensorboard"),
+                      stop_signal=preemption.stop_signal.name if preemption.stop_signal else "")
