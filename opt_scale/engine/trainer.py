@@ -223,7 +223,8 @@ def train(cfg: RunConfig) -> RunSummary:
     loop_seconds = time.perf_counter() - loop_start
     if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
         last_ckpt = save()
-    if cfg.train.task == "vq":
+    # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
+    if cfg.train.task == "vq" and not preemption.stop_signal:
         from opt_scale.model.vq_io import save_vq
         state_dict = gather_full_state_dict(engine)
         if dist_env.is_main:
