@@ -14,6 +14,10 @@ from pathlib import Path
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+# DeepSpeed JIT-builds a CPU communication op at start-up, cached by default in
+# one directory shared by every virtualenv of the user; one cache per venv
+# builds it once per test run instead of once per venv switch.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 import pytest  # noqa: E402
 
