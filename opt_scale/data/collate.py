@@ -70,7 +70,8 @@ class Collator:
         text_ids = np.full((n, text_len), self.tokenizer.pad_id, dtype=np.int64)
         mlm_inputs = text_ids.copy()
         mlm_labels = np.full((n, text_len), IGNORE_INDEX, dtype=np.int64)
-        mel = torch.zeros(n, frames, self.model_cfg.audio.n_mels)
+        # Not zeros(): each row is written once, its copy and then only the padding zeroed.
+        mel = torch.empty(n, frames, self.model_cfg.audio.n_mels)
         mvm_mask = np.zeros((n, self.model_cfg.vision.num_patches), dtype=bool)
         mam_mask = np.zeros((n, self.model_cfg.audio.tokens_for_frames(frames)), dtype=bool)
         for i, (s, d) in enumerate(zip(samples, draws)):
@@ -80,6 +81,7 @@ class Collator:
             if d.keep[TEXT]:  # a masked-out text modality has no positions to predict
                 mlm_labels[i, :L] = d.mlm_labels
             mel[i, : s.mel.shape[0]] = s.mel
+            mel[i, s.mel.shape[0]:] = 0.0
             if d.mvm_mask is not None:
                 mvm_mask[i] = d.mvm_mask
             if d.mam_mask is not None:
