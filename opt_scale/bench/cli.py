@@ -17,6 +17,7 @@ from .report import write_json
 SUBCOMMANDS: dict[str, str] = {
     "kernels": "opt_scale.bench.kernels",
     "learning": "opt_scale.bench.learning",
+    "loader": "opt_scale.bench.loader",
     "shards": "opt_scale.bench.shards",
 }
 
