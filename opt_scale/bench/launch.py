@@ -34,6 +34,9 @@ def add_probe_arguments(p: argparse.ArgumentParser, steps: int, warmup: int) -> 
     p.add_argument("--shards", default="", help="train on these shards instead (data.train_shards)")
     p.add_argument("--tokenizer", default="", help="with --shards: their SentencePiece model")
     p.add_argument("--work-dir", default="", help="logs and scratch files (default runs/bench/<command>)")
+    p.add_argument("--profile", action="store_true",
+                   help="also cProfile each engine's timed steps on rank 0 and print the top functions "
+                        "(profiling slows the steps: use it to attribute time, not to measure it)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.micro_batch_size=16 data.num_workers=2")
 
@@ -93,6 +96,12 @@ def resolve_ds_configs(configs: list[str], work_dir: Path) -> dict[str, str]:
         tmp.replace(path)
         resolved[label] = str(path)
     return resolved
+
+
+def print_profiles(probes: list[dict]) -> None:
+    for probe in probes:
+        for name, text in probe.get("profiles", {}).items():
+            print(f"\ncProfile, rank 0, world size {probe['world_size']}, {name}:\n{text}")
 
 
 def run_probe_world(spec: ProbeSpec, world_size: int, work_dir: Path) -> dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .launch import add_probe_arguments, data_overrides, resolve_ds_configs, run_probes
+from .launch import add_probe_arguments, data_overrides, print_profiles, resolve_ds_configs, run_probes
 from .report import plot_panels, print_table
 from .train_probe import ProbeSpec
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict | None:
     spec = ProbeSpec(preset=args.preset, ds_configs=resolve_ds_configs(configs, work),
                      steps=args.steps, warmup=args.warmup,
                      overrides=[*data_overrides(args), "data.num_workers=1", *args.overrides],
-                     work_dir=str(work), peak_tflops=args.peak_tflops)
+                     work_dir=str(work), peak_tflops=args.peak_tflops, profile=args.profile)
     probes = run_probes(spec, args, work)
     if probes is None:
         return None  # not rank 0 of an srun world
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> dict | None:
                 title=f"preset {args.preset}: model + optimizer state per rank (measured on the engine) and step "
                       f"time (median of {args.steps}, after {args.warmup} warm-up)")
     print_verdicts(targets)
+    print_profiles(probes)
     if args.plot:
         panels = []
         for key, label in (("state_mb_per_rank", "state per rank (MB)"), ("step_s_median", "step time (s)")):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .launch import add_probe_arguments, data_overrides, resolve_ds_configs, run_probes
+from .launch import add_probe_arguments, data_overrides, print_profiles, resolve_ds_configs, run_probes
 from .report import plot_panels, print_table
 from .train_probe import ProbeSpec
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> dict | None:
     spec = ProbeSpec(preset=args.preset, ds_configs=resolve_ds_configs([ds_config], work),
                      steps=args.steps, warmup=args.warmup,
                      overrides=[*data_overrides(args), f"data.num_workers={args.data_workers}", *args.overrides],
-                     work_dir=str(work), peak_tflops=args.peak_tflops)
+                     work_dir=str(work), peak_tflops=args.peak_tflops, profile=args.profile)
     probes = run_probes(spec, args, work)
     if probes is None:
         return None  # not rank 0 of an srun world
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> dict | None:
     flops = flops_table(probes[0])
     print_table(flops, ["part", "train_gflop_per_sample", "at_max_lengths"],
                 title="analytic training FLOPs per sample (3x forward), at the batches' lengths and at the maxima")
+    print_profiles(probes)
     if args.plot:
         xs = [r["world_size"] for r in rows]
         plot_panels([({"samples/s": (xs, [r["samples_per_s"] for r in rows])}, "world size", "samples / s",

@@ -17,10 +17,13 @@ rank's. Warm-up steps are run and not timed. Rank 0 returns the figures.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +38,7 @@ class ProbeSpec:
     warmup: int                   # untimed steps first
     work_dir: str                 # where the untrained VQ tokenizer file is written
     peak_tflops: float = 0.0      # per-device peak for MFU; 0: the engine's peak table
-    notes: dict = field(default_factory=dict)
+    profile: bool = False         # cProfile each engine's timed steps (slows them: attribution, not timing)
 
 
 def run_probe(spec: ProbeSpec) -> dict | None:
@@ -114,6 +117,7 @@ class StepTimings:
     tokens: dict[str, float]         # modality -> tokens this rank trained on (timed steps)
     flops: dict[str, float]          # part -> training FLOPs this rank did per engine (timed steps)
     samples: int                     # samples this rank trained on per engine (timed steps)
+    profiles: dict[str, str] = field(default_factory=dict)  # engine -> top functions (with spec.profile)
 
 
 def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, device) -> StepTimings:
@@ -123,6 +127,7 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
     from opt_scale.engine.trainer import to_device
     names = list(engines)
     timings = StepTimings({n: [] for n in names}, [], 0.0, {}, {}, 0)
+    profilers = {n: cProfile.Profile() for n in names} if spec.profile else {}
     loop_start = 0.0
     for step in range(spec.warmup + spec.steps):
         timed = step >= spec.warmup
@@ -139,9 +144,14 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
             t0 = time.perf_counter()
             engine = engines[name]
             torch.nn.functional.linear = linears[name]
+            profiler = profilers.get(name) if timed else None
+            if profiler:
+                profiler.enable()
             out = engine(inputs)
             engine.backward(out["loss"])
             engine.step()
+            if profiler:
+                profiler.disable()
             if timed:
                 timings.step_s[name].append(time.perf_counter() - t0)
         if timed:
@@ -153,7 +163,17 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
                 timings.flops[key] = timings.flops.get(key, 0.0) + value
     dist.barrier()
     timings.loop_s = time.perf_counter() - loop_start
+    timings.profiles = {name: top_functions(p, spec.steps) for name, p in profilers.items()}
     return timings
+
+
+def top_functions(profiler: cProfile.Profile, steps: int, count: int = 15) -> str:
+    """The functions with the most own time, as pstats prints them (totals over ``steps`` steps)."""
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
+    text.write(f"{steps} steps, {stats.total_tt:.3f} s profiled\n")
+    stats.print_stats(count)
+    return "\n".join(line for line in text.getvalue().splitlines() if line.strip())
 
 
 def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings: StepTimings,
@@ -217,7 +237,7 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
         "vocab_size": cfg.model.text.vocab_size,
         "peak_tflops_per_rank": peak, "peak_source": peak_source,
         "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in ranks],
-        "notes": spec.notes,
+        "profiles": timings.profiles,
     }
 
 
@@ -231,10 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
-
-
-def spec_to_json(spec: ProbeSpec) -> str:
-    return json.dumps(asdict(spec))
 
 
 if __name__ == "__main__":
