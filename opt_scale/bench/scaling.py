@@ -76,7 +76,8 @@ def scaling_row(probe: dict, engine: dict) -> dict:
     ddp = next((e for e in probe["engines"] if e["zero_stage"] == 0), None)
     return {"ds_config": engine["ds_config"], "zero_stage": engine["zero_stage"], "world_size": probe["world_size"],
             "state_mb_per_rank": round(worst["state_bytes"] / mb, 3),
-            "params_mb": round(worst["parameter_bytes"] / mb, 3), "master_mb": round(worst["master_weight_bytes"] / mb, 3),
+            "params_mb": round(worst["parameter_bytes"] / mb, 3),
+            "master_mb": round(worst["master_weight_bytes"] / mb, 3),
             "optim_mb": round(worst["optimizer_state_bytes"] / mb, 3),
             "step_s_median": round(engine["step_s_median"], 4),
             "step_vs_ddp": round(engine["step_s_median"] / ddp["step_s_median"], 3) if ddp else None,

@@ -45,9 +45,7 @@ def run_probe(spec: ProbeSpec) -> dict | None:
     """Every rank calls this; rank 0 gets the results, the others ``None``."""
     from opt_scale.engine import distributed
     dist_env = distributed.detect()
-    distributed.prepare_environment(dist_env)  # before deepspeed is imported (it picks its accelerator then)
-    import deepspeed  # noqa: F401
-    distributed.init(dist_env)
+    distributed.init(dist_env)  # sets DS_ACCELERATOR before deepspeed is first imported
     cfg, tokenizer, shards = _config(spec, dist_env.rank)
     engines, stages, linears = {}, {}, {}
     native_linear = torch.nn.functional.linear
@@ -202,10 +200,12 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
     if dist_env.rank != 0:
         return None
     totals = dict(zip(keys, summed[:len(keys)].tolist()))
+    by_kind = {kind: {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(kind + "/")}
+               for kind in ("tokens", "flops")}
     samples, data_wait_rank_sum = summed[len(keys)].item(), summed[len(keys) + 1].item()
     precision = resolve_precision(cfg.train)
     peak, peak_source = peak_tflops(precision, cfg.train.peak_tflops)
-    flops_per_step = sum(v for k, v in totals.items() if k.startswith("flops/")) / spec.steps
+    flops_per_step = sum(by_kind["flops"].values()) / spec.steps
     results = []
     for i, name in enumerate(names):
         step_s = per_step[i].tolist()
@@ -231,8 +231,8 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
         "loop_samples_per_s": samples / timings.loop_s,
         "data_wait_fraction": data_wait_rank_sum / world / timings.loop_s,
         "data_s_median": statistics.median(data_s),
-        "tokens_per_s": {k.split("/", 1)[1]: v / timings.loop_s for k, v in totals.items() if k.startswith("tokens/")},
-        "train_flops_per_sample": {k.split("/", 1)[1]: v / samples for k, v in totals.items() if k.startswith("flops/")},
+        "tokens_per_s": {k: v / timings.loop_s for k, v in by_kind["tokens"].items()},
+        "train_flops_per_sample": {k: v / samples for k, v in by_kind["flops"].items()},
         "train_flops_per_sample_at_max_lengths": {k: 3.0 * v for k, v in part_forward_flops(cfg.model).items()},
         "vocab_size": cfg.model.text.vocab_size,
         "peak_tflops_per_rank": peak, "peak_source": peak_source,

@@ -53,7 +53,8 @@ def num_frames(num_samples: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def filterbank_bands(n_mels: int = 80, filters_per_band: int = 16) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+def filterbank_bands(n_mels: int = 80,
+                     filters_per_band: int = 16) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
     """The filterbank cut into bands of consecutive filters, each with only
     the FFT bins its filters cover: ``(bin_lo, bin_hi, mel_lo, mel_hi, weights)``.
 
