@@ -23,7 +23,7 @@ def read(path):
 
 def test_loader_bench_times_both_loaders_and_every_stage(tmp_path):
     out = tmp_path / "loader.json"
-    run_cli(["opt-bench", "loader", "--preset", "tiny", "--samples", "16", "--audio-seconds", "3",
+    run_cli(["opt-bench", "loader", "--config", "tiny", "--samples", "16", "--audio-seconds", "3",
              "--image-size", "320x240", "--batch-size", "4", "--measure-samples", "4", "--repeats", "1",
              "--workers", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out),
              "--plot", str(tmp_path / "loader.png")], timeout=300)

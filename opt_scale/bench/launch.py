@@ -22,7 +22,8 @@ from .train_probe import ProbeSpec
 
 def add_probe_arguments(p: argparse.ArgumentParser, steps: int, warmup: int) -> None:
     """Options shared by the subcommands that time training steps."""
-    p.add_argument("--preset", default="tiny", help="model/training preset (tiny, small, base, large, xl)")
+    p.add_argument("--config", "--preset", dest="preset", default="tiny",
+                   help="preset (tiny, small, base, large, xl) or a config.json of an earlier run, as for opt-train")
     p.add_argument("--world-sizes", default="1,2",
                    help="ranks per local run (torchrun); ignored under srun, where the allocation decides")
     p.add_argument("--steps", type=int, default=steps, help="timed optimizer steps")

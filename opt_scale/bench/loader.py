@@ -37,13 +37,17 @@ import psutil
 
 from .report import plot_lines, print_table
 
+MIN_WINDOW_S = 1.0
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="base", help="model preset whose input sizes the loader produces")
+    p.add_argument("--config", "--preset", dest="preset", default="base",
+                   help="preset (or config.json) whose input sizes the loader produces")
     p.add_argument("--workers", default="1,2", help="comma-separated loader worker counts")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch")
     p.add_argument("--measure-samples", type=int, default=256,
-                   help="samples timed per loader and worker count, after the warm-up batches")
+                   help="samples timed per loader and worker count, after the warm-up batches (at least "
+                        f"{MIN_WINDOW_S:g} s of them)")
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of each measurement")
     p.add_argument("--loaders", default="sharded,naive", help="which loaders to time (comma-separated)")
     p.add_argument("--samples", type=int, default=512, help="narratives in the generated input (and shards)")
@@ -130,7 +134,8 @@ def time_loader(batches: Iterator[dict], measure_samples: int, warmup_batches: i
             next(batches)
         cpu_before, started = process_tree_cpu(), time.perf_counter()
         samples = 0
-        while samples < measure_samples:
+        # CPU time comes in clock ticks (10 ms): a window of at least MIN_WINDOW_S keeps it meaningful.
+        while samples < measure_samples or time.perf_counter() - started < MIN_WINDOW_S:
             samples += len(next(batches)["keys"])
         wall = time.perf_counter() - started
         cpu_after = process_tree_cpu()

@@ -64,10 +64,10 @@ def stage_costs(setup: LoaderSetup, naive: bool = True) -> list[dict]:
     sharded_total = sum(ms for _, ms in rows)
     table.append({"pipeline": "sharded", "stage": "sum", "cpu_ms_per_sample": round(sharded_total, 3)})
     if naive:
-        originals = [read_original(setup.inputs, r) for r in read_records(setup.inputs)[:STAGE_SAMPLES]]
+        records = read_records(setup.inputs)[:STAGE_SAMPLES]
+        originals = [read_original(setup.inputs, r) for r in records]
         naive_rows = [
-            ("read original files", cpu_ms_per_item(lambda r: read_original(setup.inputs, r),
-                                                    read_records(setup.inputs)[:STAGE_SAMPLES])),
+            ("read original files", cpu_ms_per_item(lambda r: read_original(setup.inputs, r), records)),
             ("full-size JPEG decode + crop/resize",
              cpu_ms_per_item(lambda o: decode_original_image(o["jpg"], decoder.image_size), originals)),
             ("Vorbis decode (whole) + resample to 16 kHz",
