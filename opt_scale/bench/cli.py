@@ -14,10 +14,14 @@ from .machine import describe
 from .report import write_json
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
+# (or None on the ranks that do not report, when srun starts one per rank)
 SUBCOMMANDS: dict[str, str] = {
     "kernels": "opt_scale.bench.kernels",
     "learning": "opt_scale.bench.learning",
+    "loader": "opt_scale.bench.loader",
+    "scaling": "opt_scale.bench.scaling",
     "shards": "opt_scale.bench.shards",
+    "step": "opt_scale.bench.step",
 }
 
 
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = args.module.run(args)
+    if result is None:  # one of several ranks (srun): rank 0 prints and writes the results
+        return 0
     result["machine"] = describe()
     write_json(result, args.json)
     return 0 if result.get("ok", True) else 1

@@ -30,17 +30,28 @@ def write_json(result: dict, path: str | Path) -> None:
 
 def plot_lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: str | Path) -> None:
     """``series``: name -> (xs, ys)."""
+    plot_panels([(series, xlabel, ylabel, title)], path)
+
+
+Panel = tuple[dict[str, tuple[list, list]], str, str, str]  # (series, xlabel, ylabel, title)
+
+
+def plot_panels(panels: list[Panel], path: str | Path) -> None:
+    """Side-by-side line plots in one PNG, one per panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (series, xlabel, ylabel, title) in zip(axes[0], panels):
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=name)
+            if all(isinstance(x, int) for x in xs):  # worker counts, world sizes: no 1.5 ticks
+                ax.set_xticks(sorted({x for s in series.values() for x in s[0]}))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

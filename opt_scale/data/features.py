@@ -52,17 +52,58 @@ def num_frames(num_samples: int) -> int:
     return 1 + num_samples // HOP_LENGTH
 
 
+@functools.lru_cache(maxsize=8)
+def filterbank_bands(n_mels: int = 80,
+                     filters_per_band: int = 16) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+    """The filterbank cut into bands of consecutive filters, each with only
+    the FFT bins its filters cover: ``(bin_lo, bin_hi, mel_lo, mel_hi, weights)``.
+
+    Triangular filters are sparse (every bin feeds at most two filters), so a
+    dense [257 x 80] product is ~95% multiplications by zero; a few band
+    products give the same sums for ~1/3 of the time. Bands of 16 filters
+    keep each product large enough for the BLAS kernels to be efficient.
+    """
+    fb = mel_filterbank(n_mels)
+    bands = []
+    for mel_lo in range(0, n_mels, filters_per_band):
+        mel_hi = min(n_mels, mel_lo + filters_per_band)
+        used = torch.nonzero(fb[:, mel_lo:mel_hi].sum(dim=1) > 0)[:, 0]
+        bin_lo, bin_hi = (int(used.min()), int(used.max()) + 1) if len(used) else (0, 1)
+        bands.append((bin_lo, bin_hi, mel_lo, mel_hi, fb[bin_lo:bin_hi, mel_lo:mel_hi].contiguous()))
+    return tuple(bands)
+
+
+@functools.lru_cache(maxsize=1)
+def frame_window() -> torch.Tensor:
+    """The 400-sample Hann window centred in an N_FFT frame, as torch.stft pads it."""
+    window = torch.zeros(N_FFT)
+    offset = (N_FFT - WIN_LENGTH) // 2
+    window[offset:offset + WIN_LENGTH] = torch.hann_window(WIN_LENGTH)
+    return window
+
+
 def log_mel(wave: np.ndarray | torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """[num_samples] float waveform at 16 kHz -> [frames, n_mels] normalised log-mel."""
+    """[num_samples] float waveform at 16 kHz -> [frames, n_mels] normalised log-mel.
+
+    The same features as ``torch.stft(center=True, pad_mode="reflect")`` followed
+    by ``abs() ** 2`` and the filterbank, in ~40% of the time (this runs once per
+    sample in every loader worker): frames are a strided view of the
+    reflect-padded signal, the power is re^2 + im^2 (``abs()`` takes a square
+    root only for it to be squared again), and the filterbank is applied band
+    by band (:func:`filterbank_bands`).
+    """
     x = torch.as_tensor(wave, dtype=torch.float32)
     if x.numel() < WIN_LENGTH:
         x = torch.nn.functional.pad(x, (0, WIN_LENGTH - x.numel()))
-    window = torch.hann_window(WIN_LENGTH)
-    spec = torch.stft(x, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window=window,
-                      center=True, pad_mode="reflect", return_complex=True)
-    power = spec.abs().pow(2).T  # [frames, bins]
-    mel = power @ mel_filterbank(n_mels)
-    return (torch.log(mel + 1e-6) - LOG_MEL_MEAN) / LOG_MEL_STD
+    frames = num_frames(x.numel())
+    # numpy's reflect padding: the same values as torch.stft's, ~6x faster on long clips.
+    padded = torch.from_numpy(np.pad(x.numpy(), N_FFT // 2, mode="reflect"))
+    spec = torch.fft.rfft(padded.unfold(0, N_FFT, HOP_LENGTH) * frame_window())  # [frames, bins]
+    power = spec.real.square().add_(spec.imag.square())
+    mel = torch.empty(frames, n_mels)
+    for bin_lo, bin_hi, mel_lo, mel_hi, weights in filterbank_bands(n_mels):
+        torch.matmul(power[:, bin_lo:bin_hi], weights, out=mel[:, mel_lo:mel_hi])
+    return mel.add_(1e-6).log_().sub_(LOG_MEL_MEAN).div_(LOG_MEL_STD)
 
 
 def frames_for_seconds(seconds: float) -> int:
