@@ -95,7 +95,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer_training import train_tokenizer
-    path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed)
+    path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed, model_type=args.model_type)
     print(f"tokenizer: {path}")
     return 0
 
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary size (an upper bound: small corpora get fewer pieces)")
     t.add_argument("--out", required=True, help="output model path (…/name.model)")
     t.add_argument("--seed", type=int, default=0, help="SentencePiece random seed")
+    t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram",
+                   help="SentencePiece algorithm; bpe for tiny, repetitive corpora (unigram stops near characters)")
     return p
 
 

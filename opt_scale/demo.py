@@ -74,7 +74,9 @@ def prepare(root: str | Path, n: int = 512, vq_steps: int = 80, seed: int = 0) -
           f"shards were already built)")
     if not assets.tokenizer.is_file():
         _say(f"SentencePiece tokenizer -> {assets.tokenizer}")
-        train_tokenizer(str(assets.shards), 128, str(assets.tokenizer))
+        # BPE: on 448 near-identical captions unigram stops at ~55 character-like
+        # pieces, and tiny's 40 tokens would cut every caption short.
+        train_tokenizer(str(assets.shards), 128, str(assets.tokenizer), model_type="bpe")
     if not assets.vq.is_file():
         _say(f"VQ image tokenizer (the MVM/DIR targets): {vq_steps} steps -> {assets.vq.parent}")
         subprocess.run(["rm", "-rf", str(assets.vq.parent)], check=True)

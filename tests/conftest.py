@@ -48,7 +48,7 @@ def demo_shards(demo_raw, tmp_path_factory) -> Path:
 def demo_tokenizer(demo_shards, tmp_path_factory) -> Path:
     from opt_scale.data_prep.tokenizer_training import train_tokenizer
     out = tmp_path_factory.mktemp("tok") / "sp.model"
-    return Path(train_tokenizer(str(demo_shards / "demo-index.json"), 128, str(out)))
+    return Path(train_tokenizer(str(demo_shards / "demo-index.json"), 128, str(out), model_type="bpe"))
 
 
 @pytest.fixture(scope="session")

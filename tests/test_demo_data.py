@@ -63,3 +63,14 @@ def test_shards_hold_16k_flac_and_resized_jpeg(demo_shards):
     assert min(Image.open(io.BytesIO(sample["jpg"])).size) == 96
     meta = json.loads(sample["json"])
     assert meta["audio"]["original_rate"] in (22050, 48000)
+
+
+def test_demo_captions_fit_the_tiny_text_length_whole(demo_tokenizer, demo_raw):
+    """No demo caption is cut short by the tokenizer (truncated training text
+    would teach the decoder to stop mid-word)."""
+    from opt_scale.data.tokenizer import Tokenizer
+    from opt_scale.presets import tiny
+    tok = Tokenizer(str(demo_tokenizer))
+    limit = tiny().model.text.max_len
+    for r in _records(demo_raw):
+        assert len(tok.sp.encode(r["caption"].lower())) + 2 <= limit
