@@ -97,146 +97,185 @@ def throughput_scalars(totals: dict[str, float], elapsed: float, peak: float | N
     return out
 
 
+def precision_of(ds_cfg: dict) -> str:
+    return "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
+
+
 def train(cfg: RunConfig) -> RunSummary:
-    # First, so that a stop signal during the slow start-up is recorded, not fatal.
-    preemption = PreemptionHandler().install()
-    dist_env = distributed.detect()
-    distributed.prepare_environment(dist_env)
-    setup_logging(dist_env.rank)
-    import deepspeed
-    distributed.init(dist_env)
-    world = dist_env.world_size
-    device = distributed.device_for(dist_env)
-    out_dir = Path(cfg.train.out_dir)
+    return Trainer(cfg).run()
 
-    tokenizer = Tokenizer(cfg.data.tokenizer)
-    fill_vocab(cfg, tokenizer)
-    shards = resolve_shards(cfg.data.train_shards)
-    ds_cfg = build_ds_config(cfg.train, world)
-    if dist_env.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        if Path(tokenizer.path).resolve() != (out_dir / "tokenizer.model").resolve():
-            shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")
-        log.info("run %s: world %d (%s), %d shards / %d samples, ZeRO stage %d, precision %s",
-                 out_dir, world, dist_env.launcher, len(shards), sum(s.num_samples for s in shards),
-                 zero_stage(ds_cfg), "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32")
 
-    resume_point = resolve_resume(out_dir / "checkpoints", cfg.train.resume, world)
-    if resume_point is not None and resume_point.universal:
-        ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, ds_cfg)
-    optimizer = build_optimizer(model, cfg.train, offloads_optimizer(ds_cfg))
-    scheduler = build_scheduler(optimizer, cfg.train)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                           lr_scheduler=scheduler, config=ds_cfg)
-    checkpointer = Checkpointer(out_dir / "checkpoints", engine, cfg.train.keep_checkpoints)
-    client = checkpointer.load(resume_point)
-    state = TrainState.from_client(client)
-    if client:
-        restore_rng_state(client.get("rng"))
-    cursor = DataCursor.from_dict(client["data_cursor"]) if client and client.get("data_cursor") else None
-    loader = TrainLoader(shards, cfg.data, cfg.model, cfg.tasks, tokenizer, dist_env.rank, world,
-                         cfg.train.micro_batch_size, cursor=cursor, pin_memory=device.type == "cuda")
-    logger = RunLogger(str(out_dir / "tensorboard"), dist_env.is_main, cfg.train.steps)
+class Trainer:
+    """One training run: set up in the constructor, then :meth:`run`."""
 
-    def save() -> Path:
-        client_state = {**state.to_client(), "rng": rng_state(), "config": to_dict(cfg),
-                        "data_cursor": loader.global_cursor(gather_local_states(loader)).to_dict()}
-        return checkpointer.save(state.step, client_state)
+    def __init__(self, cfg: RunConfig):
+        # First, so that a stop signal during the slow start-up is recorded, not fatal.
+        self.preemption = PreemptionHandler().install()
+        self.cfg = cfg
+        self.dist_env = distributed.detect()
+        distributed.prepare_environment(self.dist_env)
+        setup_logging(self.dist_env.rank)
+        distributed.init(self.dist_env)
+        self.world = self.dist_env.world_size
+        self.device = distributed.device_for(self.dist_env)
+        self.out_dir = Path(cfg.train.out_dir)
+        self.pretraining = cfg.train.task == "pretrain"
+        self.tokenizer = Tokenizer(cfg.data.tokenizer)
+        fill_vocab(cfg, self.tokenizer)
+        self.shards = resolve_shards(cfg.data.train_shards)
+        self.ds_cfg = build_ds_config(cfg.train, self.world)
+        self.global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world
+        if self.dist_env.is_main:
+            self._write_run_files()
 
-    first_step, first_loss, last_loss = state.step, None, None
-    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
-    pretraining = cfg.train.task == "pretrain"
-    precision = "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
-    peak, peak_source = peak_tflops(precision, cfg.train.peak_tflops)
-    if dist_env.is_main and pretraining:
-        log.info("MFU peak: %s TFLOP/s per rank (%s)", f"{peak:.1f}" if peak else "unknown", peak_source)
-    sample_log = open_sample_log(out_dir, dist_env.rank) if cfg.train.log_samples else None
-    evaluator = PeriodicEvaluator(cfg, engine, model.vq if pretraining else None, tokenizer, logger.writer,
-                                  dist_env.is_main)
-    window, bad_streak = Window(), 0
-    window_start = loop_start = time.perf_counter()
-    data_wait = 0.0
-    last_ckpt = None
-    while state.step < cfg.train.steps:
-        step_keys = []
+        resume_point = resolve_resume(self.out_dir / "checkpoints", cfg.train.resume, self.world)
+        if resume_point is not None and resume_point.universal:
+            self.ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
+        self._build_engine()
+        self.checkpointer = Checkpointer(self.out_dir / "checkpoints", self.engine, cfg.train.keep_checkpoints)
+        client = self.checkpointer.load(resume_point)
+        self.state = TrainState.from_client(client)
+        if client:
+            restore_rng_state(client.get("rng"))
+        cursor = DataCursor.from_dict(client["data_cursor"]) if client and client.get("data_cursor") else None
+        self.loader = TrainLoader(self.shards, cfg.data, cfg.model, cfg.tasks, self.tokenizer, self.dist_env.rank,
+                                  self.world, cfg.train.micro_batch_size, cursor=cursor,
+                                  pin_memory=self.device.type == "cuda")
+        self.logger = RunLogger(str(self.out_dir / "tensorboard"), self.dist_env.is_main, cfg.train.steps)
+        self.evaluator = PeriodicEvaluator(cfg, self.engine, self.model.vq if self.pretraining else None,
+                                           self.tokenizer, self.logger.writer, self.dist_env.is_main)
+        self.sample_log = open_sample_log(self.out_dir, self.dist_env.rank) if cfg.train.log_samples else None
+        self.peak, peak_source = peak_tflops(precision_of(self.ds_cfg), cfg.train.peak_tflops)
+        if self.dist_env.is_main and self.pretraining:
+            log.info("MFU peak: %s TFLOP/s per rank (%s)", f"{self.peak:.1f}" if self.peak else "unknown",
+                     peak_source)
+
+    def _write_run_files(self) -> None:
+        """config.json and a copy of the tokenizer: what export and evaluation read."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        if Path(self.tokenizer.path).resolve() != (self.out_dir / "tokenizer.model").resolve():
+            shutil.copyfile(self.tokenizer.path, self.out_dir / "tokenizer.model")
+        log.info("run %s: world %d (%s), %d shards / %d samples, ZeRO stage %d, precision %s", self.out_dir,
+                 self.world, self.dist_env.launcher, len(self.shards), sum(s.num_samples for s in self.shards),
+                 zero_stage(self.ds_cfg), precision_of(self.ds_cfg))
+
+    def _build_engine(self) -> None:
+        import deepspeed
+        torch.manual_seed(self.cfg.train.seed)
+        self.model = build_model(self.cfg, self.ds_cfg)
+        optimizer = build_optimizer(self.model, self.cfg.train, offloads_optimizer(self.ds_cfg))
+        scheduler = build_scheduler(optimizer, self.cfg.train)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=self.model, optimizer=optimizer,
+                                                                 lr_scheduler=scheduler, config=self.ds_cfg)
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        cfg, state = self.cfg, self.state
+        first_step, self.first_loss, self.last_loss = state.step, None, None
+        self.window, self.bad_streak, self.data_wait = Window(), 0, 0.0
+        self.window_start = loop_start = time.perf_counter()
+        last_ckpt = None
+        while state.step < cfg.train.steps:
+            keys = self._train_step()
+            state.step += 1
+            state.samples_seen += self.global_batch
+            self.window.steps += 1
+            if self.sample_log is not None:
+                self.sample_log.write(json.dumps({"step": state.step, "keys": keys}) + "\n")
+                self.sample_log.flush()
+            self._check_step_applied()
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+                self._log_window(first_step)
+            if self.pretraining and self.evaluator.enabled(state.step):
+                self.evaluator.run(state.step)
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                last_ckpt = self.save()
+            # Collective (every rank, every step): stop together once any rank got SIGUSR1/SIGTERM.
+            if state.step < cfg.train.steps and self.preemption.should_stop(state.step):
+                break
+        loop_seconds = time.perf_counter() - loop_start
+        if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
+            last_ckpt = self.save()
+        # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
+        if cfg.train.task == "vq" and not self.preemption.stop_signal:
+            self._export_vq()
+        self.logger.close()
+        self.preemption.release()
+        samples = (state.step - first_step) * self.global_batch
+        return RunSummary(steps=state.step, first_loss=self.first_loss or float("nan"),
+                          last_loss=self.last_loss or float("nan"), samples_per_s=samples / max(loop_seconds, 1e-9),
+                          skipped_steps=state.skipped_steps, checkpoint=str(last_ckpt),
+                          tensorboard=str(self.out_dir / "tensorboard"), stop_signal=self.preemption.stop_signal)
+
+    def _train_step(self) -> list[str]:
+        """One optimizer step over ``grad_accum`` micro-batches; the sample keys it used."""
+        cfg, keys = self.cfg, []
         for _ in range(cfg.train.grad_accum):
             t0 = time.perf_counter()
-            batch = next(loader)
-            data_wait += time.perf_counter() - t0
-            step_keys += batch.get("keys", [])
-            if pretraining:
-                window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg.model).items()})
-                window.total({f"flops/{p}": f for p, f in batch_train_flops(batch, cfg.model).items()})
-            out = engine(to_device(batch, device))
+            batch = next(self.loader)
+            self.data_wait += time.perf_counter() - t0
+            keys += batch.get("keys", [])
+            if self.pretraining:
+                self.window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg.model).items()})
+                self.window.total({f"flops/{p}": f for p, f in batch_train_flops(batch, cfg.model).items()})
+            out = self.engine(to_device(batch, self.device))
             loss = out["loss"]
-            if state.step + 1 in cfg.train.inject_nan_at:
+            if self.state.step + 1 in cfg.train.inject_nan_at:
                 loss = loss * float("nan")
-            engine.backward(loss)
-            engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary
-            window.mean({("loss/total" if k == "loss" else k): float(v.detach())
-                         for k, v in out.items() if k.startswith(("loss", "acc", "vq/"))})
-        state.step += 1
-        state.samples_seen += global_batch
-        window.steps += 1
-        if sample_log is not None:
-            sample_log.write(json.dumps({"step": state.step, "keys": step_keys}) + "\n")
-            sample_log.flush()
-        if engine.was_step_applied():
-            bad_streak = 0
-        else:  # DeepSpeed found non-finite gradients and discarded the step
-            state.skipped_steps += 1
-            bad_streak += 1
-            log.warning("step %d skipped: non-finite loss or gradients (%d in a row)", state.step, bad_streak)
-            if bad_streak >= cfg.train.max_bad_steps:
-                raise FloatingPointError(
-                    f"{bad_streak} consecutive steps had non-finite loss/gradients (train.max_bad_steps="
-                    f"{cfg.train.max_bad_steps}); stopping. Lower train.lr or check the data; resume from the "
-                    f"last checkpoint with train.resume=auto")
-        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
-            elapsed = time.perf_counter() - window_start
-            means, totals = window.reduce()
-            means.update({
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                "train/skipped_steps": state.skipped_steps,
-                "train/epoch": loader.epoch,
-                "throughput/samples_per_s": window.steps * global_batch / elapsed,
-                "throughput/data_wait_fraction": data_wait / elapsed,
-                "memory/peak_bytes": peak_memory_bytes(),
-            })
-            means.update(throughput_scalars(totals, elapsed, peak, world))
-            logger.scalars(state.step, means)
-            logger.console(state.step, means, first_step)
-            first_loss = means["loss/total"] if first_loss is None else first_loss
-            last_loss = means["loss/total"]
-            window, data_wait, window_start = Window(), 0.0, time.perf_counter()
-        if pretraining and evaluator.enabled(state.step):
-            evaluator.run(state.step)
-        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-            last_ckpt = save()
-        # Collective (every rank, every step): stop together once any rank got SIGUSR1/SIGTERM.
-        if state.step < cfg.train.steps and preemption.should_stop(state.step):
-            break
-    loop_seconds = time.perf_counter() - loop_start
-    if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
-        last_ckpt = save()
-    # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
-    if cfg.train.task == "vq" and not preemption.stop_signal:
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary
+            self.window.mean({("loss/total" if k == "loss" else k): float(v.detach())
+                              for k, v in out.items() if k.startswith(("loss", "acc", "vq/"))})
+        return keys
+
+    def _check_step_applied(self) -> None:
+        """DeepSpeed discards a step whose gradients are not finite; count it,
+        and stop after ``train.max_bad_steps`` in a row."""
+        if self.engine.was_step_applied():
+            self.bad_streak = 0
+            return
+        self.state.skipped_steps += 1
+        self.bad_streak += 1
+        log.warning("step %d skipped: non-finite loss or gradients (%d in a row)", self.state.step, self.bad_streak)
+        if self.bad_streak >= self.cfg.train.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.bad_streak} consecutive steps had non-finite loss/gradients (train.max_bad_steps="
+                f"{self.cfg.train.max_bad_steps}); stopping. Lower train.lr or check the data; resume from the "
+                f"last checkpoint with train.resume=auto")
+
+    def _log_window(self, first_step: int) -> None:
+        """Reduce the window over ranks; write TensorBoard and the console line (collective)."""
+        elapsed = time.perf_counter() - self.window_start
+        means, totals = self.window.reduce()
+        means.update({
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "train/skipped_steps": self.state.skipped_steps,
+            "train/epoch": self.loader.epoch,
+            "throughput/samples_per_s": self.window.steps * self.global_batch / elapsed,
+            "throughput/data_wait_fraction": self.data_wait / elapsed,
+            "memory/peak_bytes": peak_memory_bytes(),
+        })
+        means.update(throughput_scalars(totals, elapsed, self.peak, self.world))
+        self.logger.scalars(self.state.step, means)
+        self.logger.console(self.state.step, means, first_step)
+        self.first_loss = means["loss/total"] if self.first_loss is None else self.first_loss
+        self.last_loss = means["loss/total"]
+        self.window, self.data_wait, self.window_start = Window(), 0.0, time.perf_counter()
+
+    def save(self) -> Path:
+        """Checkpoint with step, RNG and every rank's data cursor (collective)."""
+        client_state = {**self.state.to_client(), "rng": rng_state(), "config": to_dict(self.cfg),
+                        "data_cursor": self.loader.global_cursor(gather_local_states(self.loader)).to_dict()}
+        return self.checkpointer.save(self.state.step, client_state)
+
+    def _export_vq(self) -> None:
         from opt_scale.model.vq_io import save_vq
-        state_dict = gather_full_state_dict(engine)
-        if dist_env.is_main:
-            prefix = "tokenizer."
-            save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, cfg.model.vq,
-                    cfg.model.vision.patch_size, out_dir / "vq.safetensors")
-            log.info("VQ tokenizer: %s (use it with --set model.vq.checkpoint=%s)", out_dir / "vq.safetensors",
-                     out_dir / "vq.safetensors")
-    logger.close()
-    preemption.release()
-    samples = (state.step - first_step) * global_batch
-    return RunSummary(steps=state.step, first_loss=first_loss or float("nan"), last_loss=last_loss or float("nan"),
-                      samples_per_s=samples / max(loop_seconds, 1e-9), skipped_steps=state.skipped_steps,
-                      checkpoint=str(last_ckpt), tensorboard=str(out_dir / "tensorboard"),
-                      stop_signal=preemption.stop_signal.name if preemption.stop_signal else "")
+        state_dict = gather_full_state_dict(self.engine)  # collective
+        if self.dist_env.is_main:
+            prefix, path = "tokenizer.", self.out_dir / "vq.safetensors"
+            save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, self.cfg.model.vq,
+                    self.cfg.model.vision.patch_size, path)
+            log.info("VQ tokenizer: %s (use it with --set model.vq.checkpoint=%s)", path, path)

@@ -6,8 +6,8 @@ DIR targets) and turns generated codes back into pixels.
 
 The codebook is a buffer updated by exponential moving averages of the
 encoder outputs assigned to each code (VQ-VAE-2 style), with statistics
-summed over all ranks so every rank holds the same codebook; codes that fall
-out of use are restarted from current encoder outputs (chosen on rank 0 and
+summed over all ranks so every rank holds the same codebook; codes out of use
+are re-seeded from current encoder outputs every step (chosen on rank 0 and
 broadcast). Codes and encoder outputs are l2-normalised: the lookup is by
 cosine similarity, which keeps far more of a large codebook in use.
 """
@@ -58,8 +58,9 @@ class VQTokenizer(nn.Module):
         codebook = F.normalize(torch.randn(cfg.codebook_size, cfg.code_dim), dim=1)
         self.register_buffer("codebook", codebook)
         self.register_buffer("ema_sum", codebook.clone())
-        # Zero usage: the first training step restarts every code at an encoder
-        # output, a data-driven initialisation of the codebook.
+        # Zero usage: every code counts as dead until it wins assignments, so
+        # the first steps seed the codebook from encoder outputs (a data-driven
+        # initialisation).
         self.register_buffer("ema_count", torch.zeros(cfg.codebook_size))
 
     # -- inference ------------------------------------------------------------
@@ -125,11 +126,14 @@ class VQTokenizer(nn.Module):
         self.codebook.copy_(F.normalize(self.ema_sum, dim=1))
         dead = (self.ema_count < DEAD_CODE_COUNT).nonzero().squeeze(1)
         if len(dead):
-            # Restart unused codes at current encoder outputs; rank 0 picks
-            # them so every rank's codebook stays identical.
+            # Re-seed unused codes at current encoder outputs, every step until
+            # they win assignments (Jukebox-style): the encoder's outputs start
+            # out nearly parallel, so codes seeded once at step 1 would stay
+            # stacked together. The seed carries almost no EMA weight, so the
+            # first real assignments decide where the code goes. Rank 0 picks,
+            # so every rank's codebook stays identical.
             picks = flat[torch.randint(len(flat), (len(dead),), device=flat.device)].to(self.codebook.dtype)
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.broadcast(picks, src=0)
             self.codebook[dead] = picks
-            self.ema_sum[dead] = picks
-            self.ema_count[dead] = 1.0
+            self.ema_sum[dead] = picks * 1e-3
