@@ -49,7 +49,7 @@ def _say(msg: str) -> None:
     print(f"== {msg}", flush=True)
 
 
-def prepare(root: str | Path, n: int = 512, vq_steps: int = 80, seed: int = 0) -> DemoAssets:
+def prepare(root: str | Path, n: int = 512, vq_steps: int = 300, seed: int = 0) -> DemoAssets:
     from opt_scale.data_prep.build import BuildOptions, build
     from opt_scale.data_prep.demo_data import write_demo_data
     from opt_scale.data_prep.tokenizer_training import train_tokenizer
@@ -77,7 +77,9 @@ def prepare(root: str | Path, n: int = 512, vq_steps: int = 80, seed: int = 0) -
         # BPE: on 448 near-identical captions unigram stops at ~55 character-like
         # pieces, and tiny's 40 tokens would cut every caption short.
         train_tokenizer(str(assets.shards), 128, str(assets.tokenizer), model_type="bpe")
-    if not assets.vq.is_file():
+    # Reused only when trained for the steps asked for (its final checkpoint
+    # names the step), so a changed --vq-steps retrains it.
+    if not (assets.vq.is_file() and (assets.vq.parent / "checkpoints" / f"step_{vq_steps:08d}").is_dir()):
         _say(f"VQ image tokenizer (the MVM/DIR targets): {vq_steps} steps -> {assets.vq.parent}")
         subprocess.run(["rm", "-rf", str(assets.vq.parent)], check=True)
         cmd = [sys.executable, "-m", "opt_scale.cli.train", "--task", "vq", "--config", "tiny", "--set",
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("prepare", help="make (or reuse) the demo data, shards, tokenizer and VQ tokenizer")
     pp.add_argument("--dir", default="runs/demo", help="where the demo assets live (default: runs/demo)")
     pp.add_argument("--n", type=int, default=512, help="number of triplets (default: 512)")
-    pp.add_argument("--vq-steps", type=int, default=80, help="VQ tokenizer training steps (default: 80)")
+    pp.add_argument("--vq-steps", type=int, default=300,
+                    help="VQ tokenizer training steps (default: 300; fewer leave its reconstructions grey)")
     args = p.parse_args(argv)
     assets = prepare(args.dir, args.n, args.vq_steps)
     print("overrides: " + " ".join(assets.overrides()))

@@ -4,7 +4,7 @@
 #   -> VQ image tokenizer -> OPT-tiny, 2 CPU ranks, DeepSpeed ZeRO-3 (gloo)
 #   -> TensorBoard + checkpoint.
 # Assets already made (data, shards, tokenizers) are reused; pre-training starts fresh.
-# Knobs: DEMO_DIR (runs/demo), DEMO_N (512 samples), DEMO_STEPS (300), DEMO_VQ_STEPS (80), DEMO_RANKS (2).
+# Knobs: DEMO_DIR (runs/demo), DEMO_N (512 samples), DEMO_STEPS (300), DEMO_VQ_STEPS (300), DEMO_RANKS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -12,7 +12,7 @@ export PATH="$PWD/$VENV/bin:$PATH"
 DEMO_DIR="${DEMO_DIR:-runs/demo}"
 DEMO_N="${DEMO_N:-512}"
 DEMO_STEPS="${DEMO_STEPS:-300}"
-DEMO_VQ_STEPS="${DEMO_VQ_STEPS:-80}"
+DEMO_VQ_STEPS="${DEMO_VQ_STEPS:-300}"
 DEMO_RANKS="${DEMO_RANKS:-2}"
 export PYTHONWARNINGS="ignore::FutureWarning"
 start=$(date +%s)
