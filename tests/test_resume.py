@@ -11,7 +11,7 @@ import pytest
 
 from opt_scale.bench.events import read_scalars
 
-from .conftest import BIN, REPO, run_cli, torchrun_args
+from .conftest import REPO, run_cli, torchrun_args
 
 LOSS_TAGS = ("loss/total", "loss/mlm", "loss/mvm", "loss/mam", "loss/dtr", "loss/dir", "loss/matching")
 
@@ -67,6 +67,9 @@ def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_p
         for step in range(1, 10):  # fp32 on CPU: equal to within 1e-6
             assert got[tag][step] == pytest.approx(want[tag][step], rel=1e-6, abs=1e-6), (tag, step)
 
+    # The steps the killed run trained after its last checkpoint were dropped from the sample log: each step once.
+    assert [json.loads(line)["step"] for line in (cut / "samples" / "rank0.jsonl").read_text().splitlines()] == \
+        list(range(1, 10))
     want_keys, got_keys = samples_by_step(ref, 2), samples_by_step(cut, 2)
     assert got_keys == want_keys
     # 48 samples / (2 ranks x 1 worker x 4) = 6 steps per epoch: each sample exactly once.
@@ -94,6 +97,17 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_overrides, tm
     assert "resumed from" in out and "step_00000002" in out
     losses = losses_by_step(run)["loss/total"]
     assert max(losses) == 5
+    # The run that went on from step 2 set the newer (damaged, torn) directories aside, so rotation and a
+    # later resume=auto see only its own line of checkpoints.
+    abandoned = list(ckpts.glob("abandoned-*"))
+    assert len(abandoned) == 1 and sorted(p.name for p in abandoned[0].iterdir()) == ["step_00000004", "step_00000006"]
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000004", "step_00000005"]
+
+    # Started again once finished: nothing to train, and its checkpoint is left as it is.
+    marker = (ckpts / "step_00000005" / "COMPLETE.json").read_text()
+    again = run_cli(["opt-train", "--config", "tiny", "--set", *base, "train.steps=5", "train.resume=auto"],
+                    timeout=300)
+    assert "step_00000005" in again.stdout and (ckpts / "step_00000005" / "COMPLETE.json").read_text() == marker
 
 
 def test_nan_steps_are_skipped_and_a_streak_aborts(tiny_overrides, tmp_path):

@@ -178,6 +178,7 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
             dist_env) -> dict | None:
     import torch.distributed as dist
 
+    from opt_scale.engine.distributed import collective_device
     from opt_scale.engine.ds_config import resolve_precision
     from opt_scale.engine.metrics import peak_memory_bytes
     from opt_scale.engine.peak import peak_tflops
@@ -187,11 +188,13 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
     world = dist_env.world_size
     names = list(engines)
     # A step takes as long as its slowest rank.
-    per_step = torch.tensor([timings.step_s[n] for n in names] + [timings.data_s], dtype=torch.float64)
+    per_step = torch.tensor([timings.step_s[n] for n in names] + [timings.data_s], dtype=torch.float64,
+                            device=collective_device())
     dist.all_reduce(per_step, op=dist.ReduceOp.MAX)
     totals = {f"tokens/{k}": v for k, v in timings.tokens.items()} | {f"flops/{k}": v for k, v in timings.flops.items()}
     keys = sorted(totals)
-    summed = torch.tensor([totals[k] for k in keys] + [timings.samples, sum(timings.data_s)], dtype=torch.float64)
+    summed = torch.tensor([totals[k] for k in keys] + [timings.samples, sum(timings.data_s)], dtype=torch.float64,
+                          device=collective_device())
     dist.all_reduce(summed)
     local = {"rank": dist_env.rank, "peak_memory_bytes": peak_memory_bytes(),
              "state": {n: engine_state_bytes(e) for n, e in engines.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from opt_scale.engine.export import export_checkpoint
     out = export_checkpoint(args.checkpoint, args.out)
-    print(f"exported to {out}: model.safetensors, config.json, tokenizer.model, vq.safetensors")
+    print(f"exported to {out}: {', '.join(sorted(p.name for p in Path(out).iterdir()))}")
     return 0
 
 

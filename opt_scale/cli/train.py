@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: tiny)")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. --set train.steps=100 model.cross.layers=4; sections: "
-                        "model.{text,vision,audio,cross}, tasks.{mlm,modality_mask,matching}, data, train. "
+                        "model.{text,vision,audio,cross,text_decoder,image_decoder,vq}, "
+                        "tasks.{mlm,mvm,mam,modality_mask,dtr,dir,matching,contrastive}, data, train. "
                         "Unknown keys are refused. See --print-config for every key and its value")
     p.add_argument("--task", choices=("pretrain", "vq"), default=None,
                    help="what to train: pretrain (OPT, all pretext tasks) or vq (the image tokenizer whose codes "

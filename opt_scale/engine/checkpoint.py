@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .distributed import collective_device
+
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE.json"
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -77,10 +79,18 @@ def _all_gather(obj):
     return out
 
 
+def _from_rank0(obj):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _all_true(flag: bool) -> bool:
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 
@@ -95,8 +105,11 @@ class Checkpointer:
     def save(self, step: int, client_state: dict) -> Path:
         tag = tag_for(step)
         tag_dir = self.root / tag
-        if self.rank == 0 and tag_dir.exists():
-            shutil.rmtree(tag_dir)  # a leftover of an interrupted save of this same step
+        if self.rank == 0:
+            # A leftover of an interrupted save of this same step, and the
+            # universal conversion of an older checkpoint of that name.
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            shutil.rmtree(tag_dir.with_name(tag_dir.name + ".universal"), ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
         started = time.time()
@@ -122,6 +135,26 @@ class Checkpointer:
         for old in complete_checkpoints(self.root)[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
             shutil.rmtree(old.with_name(old.name + ".universal"), ignore_errors=True)
+
+    def set_aside_newer(self, step: int) -> None:
+        """Collective. A run resumed from an older checkpoint than the newest
+        (a roll-back, or a fall-back past a damaged one) moves the newer step
+        directories into ``abandoned-<time>/``: rotation keeps the highest
+        steps, so left in place they would make it delete the resumed run's
+        own checkpoints as they are written, and ``resume=auto`` would later
+        jump back onto the abandoned line."""
+        if self.rank == 0 and self.root.is_dir():
+            newer = sorted(p for p in self.root.iterdir()
+                           if (m := TAG_RE.match(p.name.removesuffix(".universal"))) and int(m.group(1)) > step)
+            if newer:
+                dest = self.root / time.strftime("abandoned-%Y%m%d-%H%M%S")
+                dest.mkdir(exist_ok=True)
+                for p in newer:
+                    os.replace(p, dest / p.name)
+                log.warning("resumed from step %d: moved the %d newer checkpoint directories to %s", step,
+                            len(newer), dest)
+        if dist.is_initialized():
+            dist.barrier()
 
     def load(self, point: "ResumePoint | None") -> dict | None:
         """Load a point chosen by :func:`resolve_resume`; return its client state."""
@@ -153,7 +186,10 @@ def resolve_resume(root: Path, spec: str, world_size: int) -> ResumePoint | None
     if not spec:
         return None
     if spec == "auto":
-        candidates = complete_checkpoints(root)
+        # Rank 0 lists and every rank follows: listings that differed (NFS
+        # attribute caching) would put the per-checkpoint collectives below
+        # out of step.
+        candidates = _from_rank0(complete_checkpoints(root))
         if not candidates:
             log.info("resume=auto: no complete checkpoint under %s, starting fresh", root)
             return None
@@ -206,7 +242,10 @@ def verify_files(tag_dir: Path, rank: int) -> bool:
 def ensure_universal(tag_dir: Path, rank: int) -> Path:
     """Convert ``tag_dir`` to the universal format once (rank 0), cache it."""
     out = tag_dir.with_name(tag_dir.name + ".universal")
-    if rank == 0 and not (out / MARKER).is_file():
+    # The cache names the write it was converted from: a step saved again
+    # since (same name, new weights) is converted again.
+    source_time = read_marker(tag_dir)["time"]
+    if rank == 0 and not ((out / MARKER).is_file() and read_marker(out).get("source_time") == source_time):
         tmp = tag_dir.with_name(tag_dir.name + ".universal.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -216,7 +255,8 @@ def ensure_universal(tag_dir: Path, rank: int) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
-        (tmp / tag_dir.name / MARKER).write_text(json.dumps({"source": str(tag_dir), "time": time.time()}))
+        (tmp / tag_dir.name / MARKER).write_text(json.dumps({"source": str(tag_dir), "source_time": source_time,
+                                                             "time": time.time()}))
         os.replace(tmp / tag_dir.name, out)
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("universal checkpoint %s written in %.1fs", out, time.time() - started)

@@ -74,6 +74,15 @@ def device_for(dist_env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
+def collective_device() -> torch.device:
+    """Where a tensor handed to a collective must live: NCCL reduces only
+    CUDA tensors, gloo only CPU ones."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 

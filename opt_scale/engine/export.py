@@ -14,18 +14,27 @@ from .checkpoint import MARKER, complete_checkpoints, read_marker
 EXPORT_FORMAT = "opt-scale-export-v1"
 
 
-def gather_full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """Full fp32 copy of the module's state on every rank (every rank must call).
+def gather_full_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Full fp32 copy of the module's state in host memory, on the ranks that
+    pass ``keep`` (the others get ``{}``); every rank must call.
 
     Under ZeRO-3 each parameter is gathered from its partitions (a
-    collective); otherwise the local module already holds whole tensors."""
+    collective); otherwise the local module already holds whole tensors.
+    The copy goes to the CPU: a second full model on the GPU of every rank
+    is what ZeRO-3 exists to avoid."""
     module = engine.module
+
+    def copy() -> dict[str, torch.Tensor]:
+        if not keep:
+            return {}
+        return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in module.state_dict().items()}
+
     params = list(module.parameters())
     if params and hasattr(params[0], "ds_id"):
         import deepspeed
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+            return copy()
+    return copy()
 
 
 def find_checkpoint(path: str | Path) -> Path:

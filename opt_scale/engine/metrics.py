@@ -10,6 +10,8 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
+from .distributed import collective_device
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ class Window:
         """Collective: every rank calls it with the same keys."""
         mkeys, tkeys = sorted(self.sums), sorted(self.totals)
         local = torch.tensor([self.sums[k] / max(1, self.counts[k]) for k in mkeys]
-                             + [self.totals[k] for k in tkeys], dtype=torch.float64)
+                             + [self.totals[k] for k in tkeys], dtype=torch.float64, device=collective_device())
         world = 1
         if dist.is_initialized():
             dist.all_reduce(local)

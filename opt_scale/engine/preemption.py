@@ -34,6 +34,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from .distributed import collective_device
+
 log = logging.getLogger(__name__)
 
 # sysexits.h EX_TEMPFAIL, "temporary failure, try again later": the run wrote
@@ -126,8 +128,6 @@ def _rank() -> int:
 def _all_reduce_max(value: int) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    # NCCL reduces only CUDA tensors; gloo only CPU ones.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([value], dtype=torch.int32, device=device)
+    flag = torch.tensor([value], dtype=torch.int32, device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
 
 from . import distributed
-from .checkpoint import Checkpointer, resolve_resume
+from .checkpoint import Checkpointer, resolve_resume, tag_for
 from .export import gather_full_state_dict
 from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .metrics import RunLogger, Window, peak_memory_bytes
@@ -72,11 +73,20 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def open_sample_log(out_dir: Path, rank: int):
-    """Append-only record of the sample keys each step trained on (auditing
-    exact resume: no sample twice, none skipped)."""
+def open_sample_log(out_dir: Path, rank: int, start_step: int):
+    """Record of the sample keys each step trained on (auditing exact resume:
+    no sample twice, none skipped). Steps after ``start_step`` (the resumed
+    checkpoint's; 0 for a fresh run) were trained by a run that was killed and
+    are trained again, so their records are dropped first: each step appears
+    once."""
     path = out_dir / "samples" / f"rank{rank}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if line.endswith("\n") and json.loads(line)["step"] <= start_step]  # a torn last line is dropped
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
     return open(path, "a")
 
 
@@ -134,6 +144,8 @@ class Trainer:
         self._build_engine()
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", self.engine, cfg.train.keep_checkpoints)
         client = self.checkpointer.load(resume_point)
+        if resume_point is not None:
+            self.checkpointer.set_aside_newer(resume_point.step)
         self.state = TrainState.from_client(client)
         if client:
             restore_rng_state(client.get("rng"))
@@ -144,7 +156,8 @@ class Trainer:
         self.logger = RunLogger(str(self.out_dir / "tensorboard"), self.dist_env.is_main, cfg.train.steps)
         self.evaluator = PeriodicEvaluator(cfg, self.engine, self.model.vq if self.pretraining else None,
                                            self.tokenizer, self.logger.writer, self.dist_env.is_main)
-        self.sample_log = open_sample_log(self.out_dir, self.dist_env.rank) if cfg.train.log_samples else None
+        self.sample_log = (open_sample_log(self.out_dir, self.dist_env.rank, self.state.step)
+                           if cfg.train.log_samples else None)
         self.peak, peak_source = peak_tflops(precision_of(self.ds_cfg), cfg.train.peak_tflops)
         if self.dist_env.is_main and self.pretraining:
             log.info("MFU peak: %s TFLOP/s per rank (%s)", f"{self.peak:.1f}" if self.peak else "unknown",
@@ -196,8 +209,13 @@ class Trainer:
             if state.step < cfg.train.steps and self.preemption.should_stop(state.step):
                 break
         loop_seconds = time.perf_counter() - loop_start
-        if last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}"):
+        # Nothing trained since the resume (a finished run started again): its
+        # checkpoint is already this step's, and re-saving would delete it first.
+        trained = state.step > first_step
+        if trained and (last_ckpt is None or not last_ckpt.name.endswith(f"{state.step:08d}")):
             last_ckpt = self.save()
+        elif not trained:
+            last_ckpt = self.out_dir / "checkpoints" / tag_for(state.step)
         # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
         if cfg.train.task == "vq" and not self.preemption.stop_signal:
             self._export_vq()
@@ -273,7 +291,7 @@ class Trainer:
 
     def _export_vq(self) -> None:
         from opt_scale.model.vq_io import save_vq
-        state_dict = gather_full_state_dict(self.engine)  # collective
+        state_dict = gather_full_state_dict(self.engine, keep=self.dist_env.is_main)  # collective
         if self.dist_env.is_main:
             prefix, path = "tokenizer.", self.out_dir / "vq.safetensors"
             save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, self.cfg.model.vq,

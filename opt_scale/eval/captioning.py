@@ -16,11 +16,11 @@ SOURCES = ("image", "audio", "image+audio")
 @torch.no_grad()
 def caption_set(gen: OPTGenerator, batches, beam: int, max_len: int | None = None) -> dict:
     """Generated captions per source, with the references and sample keys."""
-    out = {"keys": [], "references": [], **{s: [] for s in SOURCES}}
+    out = {"keys": [], "references": [], "image_ids": [], **{s: [] for s in SOURCES}}
     for b in batches:
         out["keys"] += b.keys
         out["references"] += b.captions
-        out["image_ids"] = out.get("image_ids", []) + b.image_ids
+        out["image_ids"] += b.image_ids
         out["image"] += gen.caption(pixels=b.pixels, beam=beam, max_len=max_len)
         out["audio"] += gen.caption(mel=b.mel, mel_len=b.mel_len, beam=beam, max_len=max_len)
         out["image+audio"] += gen.caption(pixels=b.pixels, mel=b.mel, mel_len=b.mel_len, beam=beam, max_len=max_len)

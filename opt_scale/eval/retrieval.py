@@ -25,8 +25,6 @@ import torch.distributed as dist
 from opt_scale.data.masking import MATCHED
 from opt_scale.tasks.pretrainer import OPTPretrainer
 
-from .data import EvalBatch
-
 MODALITIES = ("text", "image", "audio")
 DIRECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "text->image": (("text",), "image"), "image->text": (("image",), "text"),

@@ -16,9 +16,6 @@ import torch.nn as nn
 from .config import CrossConfig
 from .layers import INIT_STD, EncoderStack
 
-SEG_CLS, SEG_TEXT, SEG_IMAGE, SEG_AUDIO = 0, 1, 2, 3
-
-
 @dataclass
 class CrossOutput:
     cls: torch.Tensor          # [B, D]

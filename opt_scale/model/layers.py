@@ -133,6 +133,10 @@ class EncoderStack(nn.Module):
         self.norm = LayerNorm(hidden)
 
     def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None):
+        """``segments`` [B, L] (a modality id per token) and ``allowed_pairs``
+        [S, S] (which segment may attend to which) restrict attention inside the
+        fused kernel. OPT's cross-modal encoder attends all-to-all and passes
+        neither; they are there for variants that keep modalities apart."""
         for block in self.blocks:
             x = block(x, key_lengths, segments, allowed_pairs)
         return self.norm(x)

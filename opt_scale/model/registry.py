@@ -32,4 +32,6 @@ def part_class(part: str, kind: str) -> type:
 
 
 def register(part: str, kind: str, cls: type) -> None:
+    """Make ``cls`` available as ``model.<part>.kind=<kind>``: how a research
+    variant plugs in without editing the model."""
     PARTS.setdefault(part, {})[kind] = cls

@@ -57,10 +57,14 @@ class MVMConfig:
     """Masked vision modelling: predict the VQ code of each masked patch."""
     weight: float = 1.0
     prob: float = 0.15
-    regress_weight: float = 0.0  # optional L2 regression of the masked patches' pixels
+    regress_weight: float = 0.0  # optional L2 regression of the masked patches' pixels, added to the MVM loss
+                                 # (so tasks.mvm.weight scales it too)
 
     def validate(self) -> None:
         require(0 < self.prob < 1, "tasks.mvm.prob", "must be in (0, 1)")
+        require(self.regress_weight >= 0, "tasks.mvm.regress_weight", "must be >= 0")
+        require(not (self.regress_weight > 0 and self.weight == 0), "tasks.mvm.regress_weight",
+                "is scaled by tasks.mvm.weight, which is 0: the regression would never train")
 
 
 @dataclass

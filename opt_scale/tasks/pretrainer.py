@@ -91,7 +91,10 @@ class OPTPretrainer(nn.Module):
         if self.mvm_regress is not None:
             target = self.model.vision.patches(batch["pixels"])[batch["mvm_mask"]]
             pred = self.mvm_regress(out.image[:B][batch["mvm_mask"]]).float()
-            losses["mvm"] = losses["mvm"] + t.mvm.regress_weight * F.mse_loss(pred, target) if len(pred) else losses["mvm"]
+            # No masked patch on this rank (every image dropped): a zero that still
+            # reaches mvm_regress, so every rank reduces the same gradients.
+            regress = F.mse_loss(pred, target) if len(pred) else pred.sum() * 0.0
+            losses["mvm"] = losses["mvm"] + t.mvm.regress_weight * regress
         losses["mam"], mam_acc, _ = self.mam(out.audio[:B], audio_features.detach(), batch["mam_mask"])
 
         text_targets = batch["text_ids"][:, 1:].masked_fill(
