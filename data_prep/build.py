@@ -68,8 +68,11 @@ class BuildOptions:
     progress: bool = True
 
     def sample_options(self) -> SampleOptions:
+        # Absolute: the build identity must name the same directories from any
+        # working directory (an array task resubmitted from elsewhere).
         roots = (self.image_root,) if isinstance(self.image_root, str) else tuple(self.image_root)
-        return SampleOptions(roots, self.audio_root, self.image_short_side, self.jpeg_quality,
+        return SampleOptions(tuple(os.path.abspath(r) for r in roots), os.path.abspath(self.audio_root),
+                             self.image_short_side, self.jpeg_quality,
                              self.max_audio_seconds, self.audio_format, self.max_image_pixels)
 
 
@@ -132,8 +135,13 @@ def resolve_job(num_jobs: int | None, job_index: int | None, env=os.environ) -> 
         index = job_index
     elif jobs == 1:
         index = 0  # e.g. a whole build per array task: --num-jobs 1
-    elif env_index is not None:
+    elif env_index is not None and jobs == env_jobs:
         index = env_index
+    elif env_index is not None:
+        # e.g. a partial resubmission (--array=3,11) of a 16-job build: the
+        # array's own numbering says nothing about which of the 16 this is.
+        raise BuildConfigError(f"--num-jobs {jobs} differs from the Slurm array's {env_jobs} tasks: "
+                               "pass --job-index too")
     else:
         raise BuildConfigError("--num-jobs > 1 needs --job-index (or a Slurm job array)")
     if jobs < 1 or not 0 <= index < jobs:
@@ -160,7 +168,10 @@ def expand_annotations(patterns: list[str]) -> list[str]:
 def build_identity(opts: BuildOptions, files: list[str], holdouts: list[HoldoutSpec]) -> dict:
     """Everything that decides the output bytes: same identity, same shards."""
     def file_id(path: str) -> list:
-        return [os.path.abspath(path), os.path.getsize(path)]
+        # The modification time too: an annotation file regenerated in place
+        # at the same size is new input, not the finished build's.
+        st = os.stat(path)
+        return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
     return {"format_version": FORMAT_VERSION, "prefix": opts.prefix, "samples_per_shard": opts.samples_per_shard,
             "holdouts": [[h.name, h.count] for h in holdouts], "sample_options": asdict(opts.sample_options()),
             "annotations": [file_id(f) for f in files],
@@ -250,8 +261,7 @@ def prepare_out_dir(out_dir: Path, opts: BuildOptions, build_id: str, num_jobs: 
     manifest = manifest_path(out_dir, opts.prefix)
     for p in sorted(doomed, key=lambda p: p == manifest):  # the manifest last: a killed --overwrite can be redone
         p.unlink()
-    removed = len(doomed)
-    log.warning("--overwrite: deleted %d file(s) of the previous build %s", removed, old["build_id"])
+    log.warning("--overwrite: deleted %d file(s) of the previous build %s", len(doomed), old["build_id"])
 
 
 def write_manifest(out_dir: Path, opts: BuildOptions, identity: dict, build_id: str, plan: BuildPlan,

@@ -59,6 +59,9 @@ def _index(args: argparse.Namespace) -> int:
     except IncompleteBuildError as exc:
         print(f"opt-shards index: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"opt-shards index: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     inputs = failed = 0
     for split, index in indexes.items():
         inputs += index["ninput"]
@@ -88,14 +91,22 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect_shards import inspect_shard
-    written = inspect_shard(args.shard, args.n, args.out)
+    try:
+        written = inspect_shard(args.shard, args.n, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"opt-shards inspect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {len(written)} files to {args.out} (contact sheet: {args.out}/contact_sheet.png)")
     return 0
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer_training import train_tokenizer
-    path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed, model_type=args.model_type)
+    try:
+        path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed, model_type=args.model_type)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"opt-shards train-tokenizer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"tokenizer: {path}")
     return 0
 
@@ -109,6 +120,7 @@ def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from .media import AUDIO_FORMATS, DEFAULT_MAX_PIXELS
+    from .tokenizer_training import MODEL_TYPES
     p = argparse.ArgumentParser(prog="opt-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output directory for shards, sidecars and the index")
     b.add_argument("--prefix", default="shard", help="shard name prefix: PREFIX-000000.tar, PREFIX-index.json")
     b.add_argument("--samples-per-shard", type=int, default=1000,
-                   help="input records per shard (with --holdout, decides shard contents)")
+                   help="input records per shard (it decides which records share a shard: keep it to resume)")
     b.add_argument("--image-short-side", type=int, default=384, help="shrink images so the short side is at most this")
     b.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images")
     b.add_argument("--max-audio-seconds", type=float, default=60.0,
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary size (an upper bound: small corpora get fewer pieces)")
     t.add_argument("--out", required=True, help="output model path (…/name.model)")
     t.add_argument("--seed", type=int, default=0, help="SentencePiece random seed")
-    t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram",
+    t.add_argument("--model-type", choices=MODEL_TYPES, default="unigram",
                    help="SentencePiece algorithm; bpe for tiny, repetitive corpora (unigram stops near characters)")
     return p
 

@@ -15,7 +15,6 @@ Everything in it is deterministic: the same input gives the same bytes.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .shard_build import ShardPaths, finished_stats
@@ -55,18 +54,20 @@ def merge_index(out_dir: str | Path, prefix: str, allow_incomplete: bool = False
     """Write ``STEM-index.json`` per split and ``failures.jsonl``; return split -> index."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir, prefix)
-    if manifest is not None:
-        splits, build_id = manifest["splits"], manifest["build_id"]
-    else:  # shards from a build without a manifest: take every sidecar there is
-        splits, build_id = [{"name": "train", "stem": prefix, "num_shards": None}], None
+    if manifest is None:
+        # Refuse before anything is written: merging "nothing" would replace a
+        # real failures.jsonl (the build's only record of rejected inputs).
+        found = sorted(p.name[: -len("-build.json")] for p in out_dir.glob("*-build.json")) if out_dir.is_dir() else []
+        raise FileNotFoundError(f"{manifest_path(out_dir, prefix)}: no build with --prefix {prefix!r} here "
+                                f"(builds found: {', '.join(found) or 'none'}); pass the --prefix the build used")
+    splits, build_id = manifest["splits"], manifest["build_id"]
     indexes, failure_texts, missing = {}, [], []
     for split in splits:
         stem = split["stem"]
-        numbers = range(split["num_shards"]) if split["num_shards"] is not None else _sidecar_numbers(out_dir, stem)
         shardlist = []
-        for i in numbers:
+        for i in range(split["num_shards"]):
             paths = ShardPaths.of(out_dir, stem, i)
-            stats = finished_stats(paths, build_id) if build_id else _any_stats(paths)
+            stats = finished_stats(paths, build_id)
             if stats is None:
                 missing.append(paths.tar.name)
                 continue
@@ -105,16 +106,3 @@ def _sum_failures(shardlist: list[dict]) -> dict[str, int]:
         for reason, n in s["failures"].items():
             total[reason] = total.get(reason, 0) + n
     return dict(sorted(total.items()))
-
-
-def _sidecar_numbers(out_dir: Path, stem: str) -> list[int]:
-    pattern = re.compile(rf"^{re.escape(stem)}-(\d{{6}})\.stats\.json$")
-    return sorted(int(m.group(1)) for p in out_dir.iterdir() if (m := pattern.match(p.name)))
-
-
-def _any_stats(paths: ShardPaths) -> dict | None:
-    try:
-        stats = json.loads(paths.stats.read_text())
-        return stats if paths.tar.exists() else None
-    except (OSError, ValueError):
-        return None

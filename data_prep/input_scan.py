@@ -1,7 +1,7 @@
 """The planning pre-pass: stream the JSONL inputs once, keep a few numbers per line.
 
-The real Open Images release is ~700k lines and several GB of JSONL, mostly
-mouse traces. We never hold lines or records in memory: per line we keep its
+The real Open Images train release is 507,444 lines and several GB of JSONL,
+mostly mouse traces. We never hold lines or records in memory: per line we keep its
 place (file, line number, byte offset and length), whether it parses as a
 valid narrative, a 128-bit digest of its sample key (for global duplicate
 detection), a 64-bit digest of its image id (to find Open Images CSV rows)

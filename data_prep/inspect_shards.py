@@ -29,9 +29,13 @@ def inspect_shard(shard: str, n: int, out: str | Path) -> list[Path]:
     tiles: list[tuple[Image.Image, str]] = []
     for sample in iter_samples(shard, limit=n):
         key = sample["__key__"]
+        audio_ext = next((e for e in ("flac", "wav", "ogg") if e in sample), None)
+        missing = [m for m, present in (("jpg", "jpg" in sample), ("txt", "txt" in sample),
+                                        ("flac/wav/ogg", audio_ext is not None)) if not present]
+        if missing:
+            raise ValueError(f"{shard}: sample {key!r} has no {' or '.join(missing)} member: not an opt-shards shard?")
         image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
         image.save(out / f"{key}.png")
-        audio_ext = next(e for e in ("flac", "wav", "ogg") if e in sample)
         wave, rate = sf.read(io.BytesIO(sample[audio_ext]), dtype="int16")
         sf.write(out / f"{key}.wav", wave, rate, subtype="PCM_16")
         caption = sample["txt"].decode("utf-8")

@@ -87,6 +87,10 @@ def process_image(raw: bytes, *, short_side: int, quality: int, rotation: int | 
     decompression bombs: the header is checked before any pixel is decoded.
     """
     digest = hashlib.sha256(raw).hexdigest()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS * 2 < max_pixels:
+        # Pillow refuses inside Image.open above twice its own limit: raise
+        # that (process-wide) so a larger --max-image-pixels takes effect.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below is the limit that counts.

@@ -112,14 +112,6 @@ class ShardWriter:
             self.abort()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file (sidecar, index) so readers see all of it or none."""
     path = Path(path)

@@ -87,6 +87,14 @@ def test_index_counts_sizes_and_checksums_match_the_shards(prep_reference):
             assert stats["ninput"] == stats["nsamples"] + stats["nfailed"] and stats["seconds"] >= 0
 
 
+def test_index_with_a_prefix_no_build_used_is_refused_and_writes_nothing(prep_reference):
+    out = prep_reference.dir
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")}
+    proc = run_cli(["opt-shards", "index", str(out), "--prefix", "oi-ln"], check=False)
+    assert proc.returncode == 2 and "builds found: shard" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")} == before
+
+
 def _real_media(raw, reference):
     """(description written by demo-data --real-media, built sample, its metadata) per real narrative."""
     real = json.loads((raw / "extras" / "real_media.json").read_text())

@@ -57,6 +57,8 @@ def test_slurm_array_ids_need_not_start_at_zero():
     assert resolve_job(3, 1, env) == (3, 1)      # explicit flags win
     assert resolve_job(None, None, {}) == (1, 0)
     assert resolve_job(1, None, env) == (1, 0)   # a whole build inside one array task
+    with pytest.raises(BuildConfigError, match="--job-index"):
+        resolve_job(16, None, env)  # a partial resubmission: the array cannot say which of the 16 this is
     with pytest.raises(BuildConfigError):
         resolve_job(4, None, {})
     with pytest.raises(BuildConfigError):

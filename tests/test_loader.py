@@ -111,6 +111,29 @@ def test_resume_on_a_different_layout_reads_each_remaining_sample_once(demo_shar
     assert sum(rest.values()) == (left // 8) * 8
 
 
+def test_a_layout_change_at_an_epoch_boundary_keeps_the_next_epochs_progress(demo_shards, demo_tokenizer):
+    # 1 rank x 2 workers x 4: 12 batches per epoch, served round-robin, so after 13 one slot is a batch into epoch 1.
+    one = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
+    read = [next(one) for _ in range(13)]
+    assert one.epoch == 1
+    cursor = DataCursor.from_dict(one.global_cursor([one.local_state()]).to_dict())
+    two = [make_loader(demo_shards, demo_tokenizer, r, 2, 1, cursor=cursor) for r in range(2)]
+    rest = Counter()
+    for ld in two:
+        while (b := next(ld)) and ld.epoch == 1:
+            rest.update(b["keys"])
+    assert not set(read[12]["keys"]) & set(rest)     # epoch 1's first batch is not read again
+    assert max(rest.values()) == 1 and sum(rest.values()) == (44 // 8) * 8
+
+
+def test_cursor_for_another_shuffle_block_is_refused(demo_shards, demo_tokenizer):
+    ld = make_loader(demo_shards, demo_tokenizer, 0, 1, 0)
+    next(ld)
+    cursor = ld.global_cursor([ld.local_state()])
+    with pytest.raises(ValueError, match="data.shuffle_block is 4"):
+        make_loader(demo_shards, demo_tokenizer, 0, 1, 0, cursor=cursor, block=4)
+
+
 def test_cursor_for_other_shards_is_refused(demo_shards, demo_tokenizer):
     ld = make_loader(demo_shards, demo_tokenizer, 0, 1, 0)
     cursor = ld.global_cursor([ld.local_state()])

@@ -9,7 +9,7 @@ from opt_scale.utils.config_tools import require
 
 @dataclass
 class DataConfig:
-    train_shards: str = ""       # index .json, paths, globs, brace patterns, pipe: or http(s) URLs
+    train_shards: str = ""       # index .json, paths, globs, brace patterns (pipe:/http(s) shards via an index)
     eval_shards: str = ""        # held-out shards for periodic evaluation (train.eval_every)
     tokenizer: str = ""          # SentencePiece .model (opt-shards train-tokenizer)
     num_workers: int = 2         # loader processes per rank

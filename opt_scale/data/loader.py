@@ -39,6 +39,7 @@ class DataCursor:
     slots: list[dict]                                    # [{"epoch", "consumed"}] per slot
     epoch_intervals: dict = field(default_factory=dict)  # epoch -> intervals, for partial epochs
     rank_batches: list = field(default_factory=list)     # batches each rank consumed (round-robin phase)
+    shuffle_block: int = 0                               # data.shuffle_block it was read with (0: not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,11 +115,13 @@ class TrainLoader:
         for state in local_states:
             for s, c in state["slots"].items():
                 slots[int(s)] = c
-        epochs = {c["epoch"] for c in slots}
-        intervals = {e: self.epoch_intervals[e] for e in epochs if e in self.epoch_intervals}
+        # The partial epochs not finished yet: the open ones and any a re-split
+        # carried ahead (the next epoch's unread part, after a layout change).
+        oldest = min(c["epoch"] for c in slots)
+        intervals = {e: v for e, v in self.epoch_intervals.items() if e >= oldest}
         return DataCursor(asdict(self.layout), self.seed, self.fingerprint, slots,
                           {e: [list(iv) for iv in v] for e, v in intervals.items()},
-                          [state["batches"] for state in local_states])
+                          [state["batches"] for state in local_states], self.shuffle_block)
 
     def _start_from(self, cursor: DataCursor | None) -> tuple[dict[int, SlotCursor], dict, int]:
         """Slot cursors, partial-epoch intervals and this rank's batch count to start from."""
@@ -131,26 +134,37 @@ class TrainLoader:
                 "differ from data.train_shards); resume with the same shards, or start a new run")
         if cursor.seed != self.seed:
             raise CursorMismatch(f"data.seed is {self.seed} but the checkpoint was trained with {cursor.seed}")
+        if cursor.shuffle_block and cursor.shuffle_block != self.shuffle_block:
+            # The block size decides which samples a partly read block still holds.
+            raise CursorMismatch(f"data.shuffle_block is {self.shuffle_block} but the checkpoint was read with "
+                                 f"{cursor.shuffle_block}; set it back to resume exactly")
         old = Layout(**cursor.layout)
         if old == self.layout:
             return ({s: SlotCursor(**c) for s, c in enumerate(cursor.slots)}, dict(cursor.epoch_intervals),
                     cursor.rank_batches[self.rank])
-        # Different layout: continue the unread remainder of the oldest open epoch.
-        epoch = min(c["epoch"] for c in cursor.slots)
-        old_plan = EpochPlan(self.shards, epoch, self.seed, old, cursor.epoch_intervals.get(epoch))
-        consumed = [c["consumed"] if c["epoch"] == epoch else old_plan.per_slot for c in cursor.slots]
-        remainder = old_plan.remainder(consumed, self.shuffle_block)
-        new_plan = EpochPlan(self.shards, epoch, self.seed, self.layout, remainder)
-        left = sum(b - a for a, b in remainder)
+        # Different layout: continue the unread remainder of the oldest open
+        # epoch. Round-robin serving can leave some slots a batch or so into
+        # the next epoch while others finish this one, so the unread part of
+        # every epoch a slot stands in is carried.
+        remainders = {}
+        for e in sorted({c["epoch"] for c in cursor.slots}):
+            plan = EpochPlan(self.shards, e, self.seed, old, cursor.epoch_intervals.get(e))
+            consumed = [c["consumed"] if c["epoch"] == e else plan.per_slot if c["epoch"] > e else 0
+                        for c in cursor.slots]
+            remainders[e] = plan.remainder(consumed, self.shuffle_block)
+        epoch = min(remainders)
+        new_plan = EpochPlan(self.shards, epoch, self.seed, self.layout, remainders[epoch])
+        left = sum(b - a for a, b in remainders[epoch])
         if new_plan.per_slot == 0:
             log.warning("data layout changed from %s to %s: the %d unread samples of epoch %d are fewer than "
                         "one batch per slot; starting epoch %d", old, self.layout, left, epoch, epoch + 1)
-            return {s: SlotCursor(epoch + 1, 0) for s in range(self.layout.num_slots)}, {}, 0
+            del remainders[epoch]
+            return {s: SlotCursor(epoch + 1, 0) for s in range(self.layout.num_slots)}, remainders, 0
         dropped = left - new_plan.per_slot * self.layout.num_slots
         log.warning("data layout changed from %s to %s: epoch %d continues with its %d unread samples "
-                    "re-split over %d slots (%d carried to later epochs)",
+                    "re-split over %d slots (%d left out of this epoch)",
                     old, self.layout, epoch, left, self.layout.num_slots, dropped)
-        return {s: SlotCursor(epoch, 0) for s in range(self.layout.num_slots)}, {epoch: remainder}, 0
+        return {s: SlotCursor(epoch, 0) for s in range(self.layout.num_slots)}, remainders, 0
 
 
 def gather_local_states(loader: TrainLoader) -> list[dict]:

@@ -38,6 +38,8 @@ def iter_samples(url: str, skip: int = 0, limit: int | None = None,
     ``skip`` samples are passed over without reading their data where the
     source allows seeking. ``extensions`` limits which members are read.
     """
+    if limit is not None and limit <= 0:
+        return
     with open_tar(url) as tar:
         current: dict | None = None
         index = -1
