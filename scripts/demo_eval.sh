@@ -18,4 +18,5 @@ opt-eval generate --checkpoint "$out/export" --n 6 --out "$out/text_to_image.png
     --prompt "in this image i can see a large red circle on the left of a gray background." \
     --prompt "in this image i can see a small blue square on the right of a white background." \
     --prompt "in this image i can see a large yellow triangle on the top of a black background."
-echo "evaluation written to $out"
+opt-eval report --eval-dir "$out" --run "$DEMO_DIR/train" > "$out/results.md"
+echo "evaluation written to $out (summary: $out/results.md)"

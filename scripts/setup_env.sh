@@ -2,7 +2,7 @@
 # Idempotent set-up of the project's virtualenv (and, where we may, the Debian
 # packages the demo and the tests use). Safe to run any number of times.
 #
-#   scripts/setup_env.sh            # runtime: venv + torch + opt-scale
+#   scripts/setup_env.sh            # runtime: venv + torch + opt-scale (+ matplotlib for plots)
 #   scripts/setup_env.sh dev        # + test extras + Debian test packages
 #
 # Environment knobs:
@@ -54,9 +54,10 @@ fi
 
 # The package itself (editable). A stamp keyed on pyproject.toml skips pip
 # when nothing changed, so re-running costs a second.
-extra=""; [ "$mode" = dev ] && extra="[dev,plot]"
+# matplotlib (the plot extra) for every mode: opt-bench --plot draws the figures.
+extra="[plot]"; [ "$mode" = dev ] && extra="[dev,plot]"
 stamp="$VENV/.opt-scale-$mode.stamp"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+want="$(sha256sum pyproject.toml | cut -c1-16) $extra"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$py" -c 'import opt_scale.kernels, opt_scale.data_prep' >/dev/null 2>&1; then
     log "installing opt-scale$extra into $VENV"
     "$py" -m pip install -q --disable-pip-version-check -e ".$extra"

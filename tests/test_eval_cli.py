@@ -5,6 +5,8 @@ import json
 import pytest
 from PIL import Image
 
+from opt_scale.eval.report import BEGIN, END
+
 from .conftest import BIN, run_cli
 
 DIRECTIONS = {"text->image", "image->text", "text->audio", "audio->text", "image->audio", "audio->image",
@@ -40,15 +42,35 @@ def test_retrieval_over_two_ranks_equals_one_process(trained_run, demo_shards, t
 def test_caption_and_generate_from_an_export(trained_run, demo_shards, tmp_path):
     export = tmp_path / "export"
     run_cli(["opt-export", str(trained_run), "--out", str(export)], timeout=300)
-    out = tmp_path / "c.json"
+    out = tmp_path / "caption.json"
     run_cli(["opt-eval", "caption", "--checkpoint", str(export), "--shards", str(demo_shards / "demo-index.json"),
              "--max-samples", "4", "--beam", "2", "--json", str(out)], timeout=300)
     res = json.loads(out.read_text())
     assert set(res["scores"]) == {"image", "audio", "image+audio"}
     assert {"BLEU-4", "CIDEr"} <= set(res["scores"]["image"]) and "WER" in res["scores"]["audio"]
     assert len(res["examples"]) == 4
-    grid = tmp_path / "grid.png"
+    grid = tmp_path / "text_to_image.png"
     run_cli(["opt-eval", "generate", "--checkpoint", str(export), "--prompt", "a small red circle",
              "--prompt", "a large blue square", "--n", "3", "--top-k", "8", "--out", str(grid)], timeout=300)
     with Image.open(grid) as im:
         assert im.size[0] == 3 * 64 * 2 and im.size[1] == 2 * (64 * 2 + 14)
+
+    # The README's results section is rendered from exactly these files.
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{BEGIN}\nstale figures\n{END}\n\n## next section\n")
+    run_cli(["opt-eval", "report", "--eval-dir", str(tmp_path), "--run", str(trained_run), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "stale figures" not in text and text.startswith("# title") and text.endswith("## next section\n")
+    assert f"| image | {res['scores']['image']['BLEU-4']:.1f} |" in text
+    assert "Training (" in text and "4 steps" in text
+    assert "](docs/demo_text_to_image.png)" in text and (tmp_path / "docs" / "demo_text_to_image.png").is_file()
+
+
+def test_report_refuses_a_readme_without_markers(tmp_path):
+    scores = {"image": {"BLEU-4": 50.0, "CIDEr": 1.0}}
+    (tmp_path / "caption.json").write_text(json.dumps({"samples": 2, "scores": scores}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    proc = run_cli(["opt-eval", "report", "--eval-dir", str(tmp_path), "--readme", str(readme)], check=False)
+    assert proc.returncode != 0 and "results:begin" in proc.stderr
+    assert readme.read_text() == "# no markers here\n"

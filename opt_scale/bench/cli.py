@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from .machine import describe
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        # Refused before the run, not after minutes of measuring.
+        parser.error("--plot needs matplotlib: pip install 'opt-scale[plot]' (scripts/setup_env.sh installs it)")
     result = args.module.run(args)
     if result is None:  # one of several ranks (srun): rank 0 prints and writes the results
         return 0

@@ -2,7 +2,9 @@
 
 CHECKPOINT is an ``opt-export`` directory, a DeepSpeed checkpoint directory,
 or a run directory (its newest complete checkpoint). Runs on one process, or
-under ``torchrun``/``srun`` with the work split over ranks.
+under ``torchrun``/``srun`` with the work split over ranks. ``opt-eval
+report`` needs no checkpoint: it renders what the other commands wrote as
+markdown (the README's results section is written by it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
-    p.add_argument("--checkpoint", required=True, help="export, checkpoint or run directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="export, checkpoint or run directory (a checkpoint is consolidated in memory on every rank: "
+                        "for a large model run opt-export once and pass the export)")
     if shards:
         p.add_argument("--shards", required=True, help="held-out shards: index .json, paths or brace pattern")
         p.add_argument("--max-samples", type=int, default=0, help="use only the first N samples (0: all)")
@@ -52,31 +56,57 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--out", required=True, help="PNG grid to write")
+    rep = sub.add_parser("report", help="markdown tables from the JSON the other commands wrote (no model needed)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rep.add_argument("--eval-dir", required=True,
+                     help="directory holding retrieval.json, caption.json and text_to_image.png")
+    rep.add_argument("--run", default=None, help="also report this opt-train run's loss and samples/s (its out_dir)")
+    rep.add_argument("--learning", default=None, help="also report this opt-bench learning JSON")
+    rep.add_argument("--readme", default=None,
+                     help="rewrite this file's results section (between its results markers) and copy the grid "
+                          "to docs/ beside it")
     return p
 
 
-def _dist():
-    """(rank, world) from torchrun/srun; the process group when world > 1."""
+def _dist(device: str):
+    """(rank, world, this rank's device) from torchrun/srun; the process group
+    when world > 1. Under a launcher, ``--device cuda`` means this rank's GPU
+    (LOCAL_RANK), never GPU 0 for every rank."""
+    import torch
     import torch.distributed as dist
     from opt_scale.engine.distributed import backend, detect, prepare_environment
     env = detect()
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and torch_device.index is None:
+        torch_device = torch.device("cuda", env.local_rank)
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)  # before NCCL binds the rank to a GPU
     if env.world_size > 1 and not dist.is_initialized():
         prepare_environment(env)
         dist.init_process_group(backend())
-    return env.rank, env.world_size
+    return env.rank, env.world_size, torch_device
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        from opt_scale.eval.report import report
+        try:
+            print(report(args.eval_dir, args.run, args.learning, args.readme), end="")
+        except (ValueError, FileNotFoundError) as err:
+            print(f"opt-eval report: {err}", file=sys.stderr)
+            return 2
+        if args.readme:
+            print(f"results section of {args.readme} rewritten")
+        return 0
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
-    import torch
     from opt_scale.bench.report import print_table
     from opt_scale.eval.load import load_for_eval
     from opt_scale.model.generation import OPTGenerator
 
-    rank, world = _dist()
-    loaded = load_for_eval(args.checkpoint, args.device)
+    rank, world, device = _dist(args.device)
+    loaded = load_for_eval(args.checkpoint, device)
     net, cfg, tok = loaded.net, loaded.config, loaded.tokenizer
     result: dict = {"command": args.command, "checkpoint": str(args.checkpoint)}
     if args.command == "generate":
@@ -92,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         batches = iter_eval_batches(args.shards, cfg.model, tok, args.batch_size, args.max_samples, rank, world)
         if args.command == "retrieval":
             from opt_scale.eval.retrieval import encode_set, evaluate_retrieval, gather_sets
-            data = gather_sets(encode_set(net, batches, torch.device(args.device)))
+            data = gather_sets(encode_set(net, batches, device))
             result["samples"] = len(data)
-            result["recall"] = evaluate_retrieval(net, data, args.rerank, torch.device(args.device), rank=rank,
+            result["recall"] = evaluate_retrieval(net, data, args.rerank, device, rank=rank,
                                                   world_size=world)
             if rank == 0:
                 rows = [{"direction": d, **v} for d, v in result["recall"].items()]

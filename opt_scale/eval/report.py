@@ -1,0 +1,125 @@
+"""Markdown results from what ``opt-eval`` and ``opt-bench learning`` wrote.
+
+``opt-eval report`` turns the JSON of a retrieval and a caption run (plus,
+optionally, the training run's TensorBoard scalars and an ``opt-bench
+learning`` JSON) into tables, and with ``--readme`` rewrites the README's
+results section between its two markers. The README's figures are therefore
+produced by commands, never typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+BEGIN = "<!-- results:begin (written by opt-eval report; edit the command, not the text) -->"
+END = "<!-- results:end -->"
+DIRECTIONS = ("text->image", "image->text", "text->audio", "audio->text", "image->audio", "audio->image")
+PAIRED = ("text+audio->image", "image+audio->text")
+GRID_NAME = "text_to_image.png"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _arrow(direction: str) -> str:
+    short = {"text": "T", "image": "I", "audio": "A"}
+    src, dst = direction.split("->")
+    return "+".join(short[s] for s in src.split("+")) + "→" + short[dst]
+
+
+def training_section(run_dir: Path) -> str:
+    from opt_scale.bench.events import read_scalars
+    scalars = read_scalars(run_dir / "tensorboard")
+    loss = scalars.get("loss/total")
+    if not loss:
+        raise ValueError(f"{run_dir}/tensorboard has no loss/total scalars: is it an opt-train run directory?")
+    rate = [v for _, v in scalars.get("throughput/samples_per_s", [])]
+    text = (f"Training (`{run_dir}`): {loss[-1][0]} steps, total loss {loss[0][1]:.2f} (first log window) → "
+            f"{loss[-1][1]:.2f} (last)")
+    return text + (f", {sum(rate) / len(rate):.1f} samples/s." if rate else ".")
+
+
+def retrieval_section(result: dict) -> str:
+    recall = result["recall"]
+    rows = [[_arrow(d)] + [f"{recall[d][k]:.1f}" for k in ("R@1", "R@5", "R@10")] for d in DIRECTIONS + PAIRED
+            if d in recall]
+    chance = 100.0 / result["samples"]
+    return (f"Retrieval over {result['samples']} held-out samples (chance R@1 ≈ {chance:.1f}):\n\n"
+            + _table(["direction", "R@1", "R@5", "R@10"], rows))
+
+
+def caption_section(result: dict) -> str:
+    rows = []
+    for source, scores in result["scores"].items():
+        wer = f"{scores['WER']:.1f}" if "WER" in scores else "—"
+        rows.append([source, f"{scores['BLEU-4']:.1f}", f"{scores['CIDEr']:.2f}", wer])
+    text = (f"Captioning over {result['samples']} held-out samples:\n\n"
+            + _table(["from", "BLEU-4", "CIDEr", "WER (%)"], rows))
+    if result.get("examples"):
+        ex = result["examples"][0]
+        text += "\n\nFor example:\n\n```\n" + "\n".join(f"{k + ':':<12} {v}" for k, v in ex.items()) + "\n```"
+    return text
+
+
+def learning_section(result: dict) -> str:
+    rows = [[t["task"], f"{t['loss_start']:.2f}", f"{t['loss_end']:.2f}", f"{t['end/start']:.2f}"]
+            for t in result["tasks"]]
+    acc = result["matching_accuracy"]
+    return (f"`opt-bench learning`: {result['steps']} steps on {result['ranks']} rank(s), "
+            f"{result['minutes']:.1f} min; loss of the first log window and the mean of the last three:\n\n"
+            + _table(["task", "start", "end", "end/start"], rows)
+            + f"\n\nMatching accuracy (5-way, chance 0.20): {acc['start']:.2f} → {acc['end']:.2f}.")
+
+
+def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | None = None,
+           grid_link: str | None = None) -> str:
+    """The results as markdown; every part whose input is missing is left out."""
+    parts = []
+    if run_dir is not None:
+        parts.append(training_section(run_dir))
+    for name, section in (("retrieval.json", retrieval_section), ("caption.json", caption_section)):
+        path = eval_dir / name
+        if path.is_file():
+            parts.append(section(json.loads(path.read_text())))
+    if grid_link is not None:
+        parts.append(f"Text-to-image (`opt-eval generate`; one row per prompt):\n\n![text-to-image grid]({grid_link})")
+    if learning_json is not None:
+        parts.append(learning_section(json.loads(learning_json.read_text())))
+    if not parts:
+        raise FileNotFoundError(f"nothing to report: no retrieval.json or caption.json in {eval_dir}")
+    return "\n\n".join(parts) + "\n"
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace the text between the markers; refuse when they are missing."""
+    text = readme.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no results markers; add the two lines\n{BEGIN}\n{END}\nwhere the results go")
+    tmp = readme.with_suffix(readme.suffix + ".tmp")
+    tmp.write_text(text[: start + len(BEGIN)] + "\n" + block + text[end:])
+    tmp.replace(readme)
+
+
+def report(eval_dir: str, run_dir: str | None, learning_json: str | None, readme: str | None) -> str:
+    eval_path = Path(eval_dir)
+    grid = eval_path / GRID_NAME
+    grid_link = None
+    if grid.is_file():
+        grid_link = str(grid)
+        if readme:
+            # The README links a copy beside it: run directories are not committed.
+            docs = Path(readme).parent / "docs"
+            docs.mkdir(exist_ok=True)
+            shutil.copyfile(grid, docs / f"demo_{GRID_NAME}")
+            grid_link = f"docs/demo_{GRID_NAME}"
+    block = render(eval_path, Path(run_dir) if run_dir else None, Path(learning_json) if learning_json else None,
+                   grid_link)
+    if readme:
+        update_readme(Path(readme), block)
+    return block
