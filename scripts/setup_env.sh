@@ -63,4 +63,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$py" -c 'import o
     "$py" -m pip install -q --disable-pip-version-check -e ".$extra"
     echo "$want" > "$stamp"
 fi
-log "ready: $("$py" -c 'import torch, deepspeed; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null)"
+# tail: DeepSpeed logs its accelerator choice on stdout while importing.
+log "ready: $("$py" -c 'import torch, deepspeed; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null | tail -1)"

@@ -41,17 +41,22 @@ def plot_panels(panels: list[Panel], path: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    many = max(len(series) for series, *_ in panels) > 4  # a legend that would cover the lines goes beside them
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2.5 * many, 4), squeeze=False)
     for ax, (series, xlabel, ylabel, title) in zip(axes[0], panels):
+        xs_all = sorted({x for xs, _ in series.values() for x in xs}, key=str)
         for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", label=name)
-            if all(isinstance(x, int) for x in xs):  # worker counts, world sizes: no 1.5 ticks
-                ax.set_xticks(sorted({x for s in series.values() for x in s[0]}))
+            ax.plot(xs, ys, marker="o" if len(xs) <= 40 else None, markersize=3, label=name)
+        if len(xs_all) <= 12 and all(isinstance(x, int) for x in xs_all):  # worker counts, world sizes: no 1.5
+            ax.set_xticks(xs_all)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if many:
+            ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

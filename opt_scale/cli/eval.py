@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--eval-dir", required=True,
                      help="directory holding retrieval.json, caption.json and text_to_image.png")
     rep.add_argument("--run", default=None, help="also report this opt-train run's loss and samples/s (its out_dir)")
-    rep.add_argument("--learning", default=None, help="also report this opt-bench learning JSON")
+    rep.add_argument("--learning", default=None,
+                     help="also report this opt-bench learning JSON (and the --plot PNG of the same name beside it)")
     rep.add_argument("--readme", default=None,
                      help="rewrite this file's results section (between its results markers) and copy the grid "
                           "to docs/ beside it")

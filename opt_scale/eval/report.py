@@ -66,18 +66,19 @@ def caption_section(result: dict) -> str:
     return text
 
 
-def learning_section(result: dict) -> str:
+def learning_section(result: dict, plot_link: str | None = None) -> str:
     rows = [[t["task"], f"{t['loss_start']:.2f}", f"{t['loss_end']:.2f}", f"{t['end/start']:.2f}"]
             for t in result["tasks"]]
     acc = result["matching_accuracy"]
     return (f"`opt-bench learning`: {result['steps']} steps on {result['ranks']} rank(s), "
             f"{result['minutes']:.1f} min; loss of the first log window and the mean of the last three:\n\n"
             + _table(["task", "start", "end", "end/start"], rows)
-            + f"\n\nMatching accuracy (5-way, chance 0.20): {acc['start']:.2f} → {acc['end']:.2f}.")
+            + f"\n\nMatching accuracy (5-way, chance 0.20): {acc['start']:.2f} → {acc['end']:.2f}."
+            + (f"\n\n![per-task losses and matching accuracy over the run]({plot_link})" if plot_link else ""))
 
 
 def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | None = None,
-           grid_link: str | None = None) -> str:
+           grid_link: str | None = None, learning_plot_link: str | None = None) -> str:
     """The results as markdown; every part whose input is missing is left out."""
     parts = []
     if run_dir is not None:
@@ -89,7 +90,7 @@ def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | No
     if grid_link is not None:
         parts.append(f"Text-to-image (`opt-eval generate`; one row per prompt):\n\n![text-to-image grid]({grid_link})")
     if learning_json is not None:
-        parts.append(learning_section(json.loads(learning_json.read_text())))
+        parts.append(learning_section(json.loads(learning_json.read_text()), learning_plot_link))
     if not parts:
         raise FileNotFoundError(f"nothing to report: no retrieval.json or caption.json in {eval_dir}")
     return "\n\n".join(parts) + "\n"
@@ -108,18 +109,22 @@ def update_readme(readme: Path, block: str) -> None:
 
 def report(eval_dir: str, run_dir: str | None, learning_json: str | None, readme: str | None) -> str:
     eval_path = Path(eval_dir)
-    grid = eval_path / GRID_NAME
-    grid_link = None
-    if grid.is_file():
-        grid_link = str(grid)
-        if readme:
-            # The README links a copy beside it: run directories are not committed.
-            docs = Path(readme).parent / "docs"
-            docs.mkdir(exist_ok=True)
-            shutil.copyfile(grid, docs / f"demo_{GRID_NAME}")
-            grid_link = f"docs/demo_{GRID_NAME}"
-    block = render(eval_path, Path(run_dir) if run_dir else None, Path(learning_json) if learning_json else None,
-                   grid_link)
+
+    def link(image: Path) -> str | None:
+        """Where the markdown finds ``image``: with ``--readme``, a copy in
+        docs/ beside it (run directories are not committed)."""
+        if not image.is_file():
+            return None
+        if not readme:
+            return str(image)
+        docs = Path(readme).parent / "docs"
+        docs.mkdir(exist_ok=True)
+        shutil.copyfile(image, docs / f"demo_{image.name}")
+        return f"docs/demo_{image.name}"
+
+    learning = Path(learning_json) if learning_json else None
+    block = render(eval_path, Path(run_dir) if run_dir else None, learning, link(eval_path / GRID_NAME),
+                   link(learning.with_suffix(".png")) if learning else None)
     if readme:
         update_readme(Path(readme), block)
     return block
