@@ -48,3 +48,18 @@ def test_exported_model_runs_on_one_cpu(trained_run, tmp_path, demo_shards, demo
     gen = OPTGenerator(exported.net, exported.tokenizer)
     assert len(gen.caption(pixels=batch["pixels"][:2], beam=2, max_len=8)) == 2
     assert gen.text_to_image(["a red circle"], top_k=8).shape == (1, 3, 64, 64)
+
+
+def test_a_plain_data_parallel_run_exports_its_whole_weights(tiny_overrides, tmp_path):
+    # ds_config=ddp (ZeRO stage 0, fp32) writes no partitions for zero_to_fp32: the module is in the states file.
+    run = tmp_path / "run"
+    run_cli(["opt-train", "--config", "tiny", "--set", *tiny_overrides, "train.steps=1", "train.ds_config=ddp"],
+            timeout=300)
+    out = tmp_path / "export"
+    run_cli(["opt-export", str(run), "--out", str(out)], timeout=300)
+    ours, _ = load_export_state(out / "model.safetensors")
+    saved = torch.load(run / "checkpoints" / "step_00000001" / "mp_rank_00_model_states.pt", map_location="cpu",
+                       weights_only=False)["module"]
+    assert set(ours) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(ours[name], tensor.float()), name

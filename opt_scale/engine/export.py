@@ -51,6 +51,11 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def consolidate(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 weights recovered by DeepSpeed's own zero_to_fp32 from the partitions."""
+    if not any(tag_dir.glob("*zero_pp_rank_*")):
+        # Plain data parallel (train.ds_config=ddp, fp32): no partitions; the
+        # model states file holds the whole module.
+        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     return {k: v.float() for k, v in state.items()}

@@ -32,9 +32,24 @@ def rng_state() -> dict:
     return state
 
 
-def restore_rng_state(state: dict | None) -> None:
-    if not state:
+def all_rng_states() -> list[dict]:
+    """Every rank's RNG states, in rank order (a collective). Under ZeRO
+    stages 0-2 only rank 0 writes the client state, so each rank's own
+    states must travel inside it for dropout to resume exactly everywhere."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return [rng_state()]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, rng_state())
+    return out
+
+
+def restore_rng_state(saved: list | dict | None, rank: int = 0) -> None:
+    """``saved``: :func:`all_rng_states`' list (this rank's entry is used; on
+    another world size, rank mod the old one), or one rank's dict."""
+    if not saved:
         return
+    state = saved[rank % len(saved)] if isinstance(saved, list) else saved
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

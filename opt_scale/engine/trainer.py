@@ -31,7 +31,7 @@ from .peak import peak_tflops
 from .periodic_eval import PeriodicEvaluator
 from .preemption import PreemptionHandler
 from .throughput import batch_train_flops, modality_tokens
-from .state import TrainState, restore_rng_state, rng_state
+from .state import TrainState, all_rng_states, restore_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Trainer:
             self.checkpointer.set_aside_newer(resume_point.step)
         self.state = TrainState.from_client(client)
         if client:
-            restore_rng_state(client.get("rng"))
+            restore_rng_state(client.get("rng"), self.dist_env.rank)
         cursor = DataCursor.from_dict(client["data_cursor"]) if client and client.get("data_cursor") else None
         self.loader = TrainLoader(self.shards, cfg.data, cfg.model, cfg.tasks, self.tokenizer, self.dist_env.rank,
                                   self.world, cfg.train.micro_batch_size, cursor=cursor,
@@ -285,7 +285,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint with step, RNG and every rank's data cursor (collective)."""
-        client_state = {**self.state.to_client(), "rng": rng_state(), "config": to_dict(self.cfg),
+        client_state = {**self.state.to_client(), "rng": all_rng_states(), "config": to_dict(self.cfg),
                         "data_cursor": self.loader.global_cursor(gather_local_states(self.loader)).to_dict()}
         return self.checkpointer.save(self.state.step, client_state)
 
