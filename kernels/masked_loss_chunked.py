@@ -20,11 +20,12 @@ from typing import Callable
 
 import torch
 
-# (logits fp32 [c, V] — overwritten with d(mean loss)/d(logits) —, targets [c], label_smoothing,
-#  ignore_index, inv_count 0-d fp32) -> per-row loss [c] (0 at ignored rows)
+# (logits fp32 [c, V] — overwritten with scale * d(loss sum)/d(logits) —, targets [c], label_smoothing,
+#  ignore_index, scale 0-d fp32) -> per-row loss [c] (0 at ignored rows). The caller passes scale 1 and
+#  applies 1/count in backward.
 ChunkCrossEntropy = Callable[[torch.Tensor, torch.Tensor, float, int, torch.Tensor], torch.Tensor]
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk: 64 MiB = 512 rows at vocab 32k
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk: 64 MiB = 524 rows at vocab 32k
 
 
 def cross_entropy_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
@@ -32,7 +33,7 @@ def cross_entropy_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, label
     """Per-row smoothed CE of a chunk; leaves d(mean loss)/d(logits) in ``logits``.
 
     loss = lse - (1 - eps) * x[target] - eps/V * sum(x)   (= F.cross_entropy's smoothing)
-    grad = (softmax - (1 - eps) * onehot - eps/V) / count
+    grad = (softmax - (1 - eps) * onehot - eps/V) * inv_count   (1 from ChunkedLinearCrossEntropy)
 
     Everything after the reads of x[target] and sum(x) is in place: five
     passes over the chunk (max, subtract, exp, sum, scale) and no temporary
@@ -82,6 +83,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         count = (targets != ignore_index).sum()
         # A tensor, not a Python number: no device sync on GPU.
         inv_count = 1.0 / count.clamp(min=1).to(torch.float32)
+        # The stored gradients are of the loss *sum*; 1/count is applied in
+        # backward, in fp32, together with the loss scale. Folded in here,
+        # softmax/count (~1e-8 at 32k x 2k rows) would round to zero in fp16
+        # before fp16 training's loss scale could lift it.
+        unit = torch.ones((), dtype=torch.float32, device=selected.device)
         grad_hidden = torch.zeros_like(selected) if need_hidden else None
         # fp32 accumulators: summing per-chunk bf16 products would round every chunk.
         grad_weight = torch.zeros(V, D, dtype=torch.float32, device=weight.device) if need_weight else None
@@ -92,7 +98,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())
             logits = logits.float() if logits.dtype != torch.float32 else logits
             loss_sum += chunk_ce(logits, targets[start:start + chunk_rows], label_smoothing, ignore_index,
-                                 inv_count).sum()
+                                 unit).sum()
             grad_logits = logits.to(selected.dtype)
             if need_hidden:
                 grad_hidden[start:start + chunk_rows] = grad_logits @ weight
@@ -103,7 +109,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight += (grad_logits.t() @ rows).float()
             if need_bias:
                 grad_bias += logits.sum(0)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias, inv_count)
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(count)
@@ -111,8 +117,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, grad_count):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss.float()
+        grad_hidden, grad_weight, grad_bias, inv_count = ctx.saved_tensors
+        scale = grad_loss.float() * inv_count
         dh = (grad_hidden * scale).to(grad_hidden.dtype) if grad_hidden is not None else None
         dw = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
         db = (grad_bias * scale).to(ctx.bias_dtype) if grad_bias is not None else None
