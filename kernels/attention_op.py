@@ -54,7 +54,7 @@ def blocked_forward(q, k, v, key_lengths, q_segments, k_segments, allowed_pairs,
     Lk = k.shape[2]
     ct = _compute_dtype(q.dtype)
     kf, vf = k.to(ct), v.to(ct)
-    out = torch.empty_like(q)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)  # as the fake says
     lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
     for start in range(0, Lq, QUERY_BLOCK):
         rows = slice(start, min(start + QUERY_BLOCK, Lq))
@@ -80,7 +80,7 @@ def blocked_backward(dout, q, k, v, out, lse, dlse, key_lengths, q_segments, k_s
     delta = (dout.to(ct) * out.to(ct)).sum(-1)
     if dlse is not None:
         delta = delta - dlse.to(ct)
-    dq = torch.empty_like(q)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros(k.shape, dtype=ct, device=k.device)
     dv = torch.zeros(v.shape, dtype=ct, device=v.device)
     for start in range(0, Lq, QUERY_BLOCK):

@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute or relative to the repo
+export PATH="$VENV/bin:$PATH"
 DEMO_DIR="${DEMO_DIR:-runs/demo}"
 DEMO_N="${DEMO_N:-512}"
 DEMO_STEPS="${DEMO_STEPS:-300}"

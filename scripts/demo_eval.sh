@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute or relative to the repo
+export PATH="$VENV/bin:$PATH"
 DEMO_DIR="${DEMO_DIR:-runs/demo}"
 export PYTHONWARNINGS="ignore::FutureWarning"
 [ -d "$DEMO_DIR/train/checkpoints" ] || { echo "no demo run in $DEMO_DIR/train: run 'make demo' first" >&2; exit 1; }

@@ -46,7 +46,8 @@ if [ "${#missing[@]}" -gt 0 ] && [ "${OPT_SKIP_APT:-0}" != 1 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
+            || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } \
+            || log "apt-get failed (offline?): going on without ${missing[*]} (features that need them fall back or skip)"
     else
         log "not root or no apt-get: skipping Debian packages ${missing[*]} (features that need them fall back or skip)"
     fi

@@ -75,7 +75,9 @@ def run_cpu(args: argparse.Namespace) -> dict:
     result["load_average_after"] = os.getloadavg()
     print(f"load average before/after: {result['load_average_before'][0]:.1f} / {result['load_average_after'][0]:.1f}"
           f" on {os.cpu_count()} cores")
-    if args.plot:
+    if args.plot and "rows" not in result["masked_loss"]:
+        print(f"no plot: the masked-loss comparison did not run ({result['masked_loss'].get('error')})")
+    elif args.plot:
         rows = result["masked_loss"]["rows"]
         names = [r["variant"] for r in rows]
         base = rows[0]

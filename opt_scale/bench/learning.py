@@ -36,7 +36,15 @@ def run(args) -> dict:
     from opt_scale.demo import prepare
     assets = prepare(args.demo_dir, args.n)
     out = Path(args.out_dir)
+    # Each run starts fresh, but only a directory this benchmark made is ever
+    # deleted: an --out-dir pointing at a real run must not wipe it.
+    marker = out / ".opt-bench-learning"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise SystemExit(f"opt-bench learning: --out-dir {out} exists and was not made by this benchmark; "
+                         "pass a new directory")
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    marker.touch()
     overrides = assets.overrides() + [f"train.steps={args.steps}", f"train.out_dir={out}", "train.log_every=25",
                                       "train.checkpoint_every=0", "data.num_workers=1", *args.overrides]
     if args.ranks > 1:

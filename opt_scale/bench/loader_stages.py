@@ -41,7 +41,7 @@ def stage_costs(setup: LoaderSetup, naive: bool = True) -> list[dict]:
     captions = [r["txt"].decode("utf-8").strip() for r in raws]
     samples = [decoder(r) for r in raws]
     draws = [collator.draw(s, 0) for s in samples]
-    batch = setup.batch_size
+    batch = min(setup.batch_size, len(samples))  # the stage table reads STAGE_SAMPLES samples
 
     def read_shard(_) -> None:
         for _raw in iter_samples(shard, limit=STAGE_SAMPLES):

@@ -118,6 +118,11 @@ class StepTimings:
     profiles: dict[str, str] = field(default_factory=dict)  # engine -> top functions (with spec.profile)
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, device) -> StepTimings:
     import torch.distributed as dist
 
@@ -138,6 +143,8 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
         inputs = to_device(batch, device)
         for i in range(len(names)):
             name = names[(step + i) % len(names)]  # rotate: no engine always goes first
+            # On GPU the work is queued: synchronize so each engine's step is timed whole.
+            sync(device)
             dist.barrier()
             t0 = time.perf_counter()
             engine = engines[name]
@@ -148,6 +155,7 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
             out = engine(inputs)
             engine.backward(out["loss"])
             engine.step()
+            sync(device)
             if profiler:
                 profiler.disable()
             if timed:
