@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--learning", default=None,
                      help="also report this opt-bench learning JSON (and the --plot PNG of the same name beside it)")
     rep.add_argument("--readme", default=None,
-                     help="rewrite this file's results section (between its results markers) and copy the grid "
-                          "to docs/ beside it")
+                     help="rewrite this file's results section (between its results markers) and copy the "
+                          "images it shows (grid, learning plot) to docs/ beside it")
     return p
 
 
