@@ -6,16 +6,11 @@
 # Assets already made (data, shards, tokenizers) are reused; pre-training starts fresh.
 # Knobs: DEMO_DIR (runs/demo), DEMO_N (512 samples), DEMO_STEPS (300), DEMO_VQ_STEPS (300), DEMO_RANKS (2).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
-case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute or relative to the repo
-export PATH="$VENV/bin:$PATH"
-DEMO_DIR="${DEMO_DIR:-runs/demo}"
+source "$(dirname "$0")/demo_env.sh"
 DEMO_N="${DEMO_N:-512}"
 DEMO_STEPS="${DEMO_STEPS:-300}"
 DEMO_VQ_STEPS="${DEMO_VQ_STEPS:-300}"
 DEMO_RANKS="${DEMO_RANKS:-2}"
-export PYTHONWARNINGS="ignore::FutureWarning"
 start=$(date +%s)
 
 python -m opt_scale.demo prepare --dir "$DEMO_DIR" --n "$DEMO_N" --vq-steps "$DEMO_VQ_STEPS"

@@ -2,12 +2,7 @@
 # Evaluate the demo run (make demo) on the held-out demo samples:
 # retrieval, captioning and text-to-image, into runs/demo/eval/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
-case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute or relative to the repo
-export PATH="$VENV/bin:$PATH"
-DEMO_DIR="${DEMO_DIR:-runs/demo}"
-export PYTHONWARNINGS="ignore::FutureWarning"
+source "$(dirname "$0")/demo_env.sh"
 [ -d "$DEMO_DIR/train/checkpoints" ] || { echo "no demo run in $DEMO_DIR/train: run 'make demo' first" >&2; exit 1; }
 out="$DEMO_DIR/eval"
 mkdir -p "$out"
