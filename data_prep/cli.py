@@ -29,7 +29,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import BuildConfigError, BuildOptions, build
+    from .build import BuildOptions, build
     from .summary import print_summary
     opts = BuildOptions(
         annotations=args.annotations, image_root=args.images, audio_root=args.audio, out_dir=args.out,
@@ -38,11 +38,7 @@ def _build(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels, open_images_csv=args.open_images_csv, holdouts=args.holdout,
         workers=args.workers, num_jobs=args.num_jobs, job_index=args.job_index,
         max_failure_rate=args.max_failure_rate, overwrite=args.overwrite, progress=not args.no_progress)
-    try:
-        result = build(opts)
-    except (BuildConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"opt-shards build: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    result = build(opts)
     print_summary(result, opts.max_failure_rate)
     if result.index_written:
         print(f"index: {args.out}/{args.prefix}-index.json; failures: {args.out}/failures.jsonl")
@@ -59,9 +55,6 @@ def _index(args: argparse.Namespace) -> int:
     except IncompleteBuildError as exc:
         print(f"opt-shards index: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"opt-shards index: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     inputs = failed = 0
     for split, index in indexes.items():
         inputs += index["ninput"]
@@ -75,11 +68,7 @@ def _index(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from .verify import verify
-    try:
-        checks, problems = verify(args.target, workers=args.workers)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"opt-shards verify: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    checks, problems = verify(args.target, workers=args.workers)
     for msg in problems[:args.max_report]:
         print(f"PROBLEM {msg}")
     if len(problems) > args.max_report:
@@ -91,22 +80,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect_shards import inspect_shard
-    try:
-        written = inspect_shard(args.shard, args.n, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"opt-shards inspect: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    written = inspect_shard(args.shard, args.n, args.out)
     print(f"wrote {len(written)} files to {args.out} (contact sheet: {args.out}/contact_sheet.png)")
     return 0
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer_training import train_tokenizer
-    try:
-        path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed, model_type=args.model_type)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"opt-shards train-tokenizer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    path = train_tokenizer(args.shards, args.vocab_size, args.out, seed=args.seed, model_type=args.model_type)
     print(f"tokenizer: {path}")
     return 0
 
@@ -209,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:  # bad options or inputs (BuildConfigError is one): say which
+        print(f"opt-shards {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
