@@ -15,8 +15,6 @@ from pathlib import Path
 
 BEGIN = "<!-- results:begin (written by opt-eval report; edit the command, not the text) -->"
 END = "<!-- results:end -->"
-DIRECTIONS = ("text->image", "image->text", "text->audio", "audio->text", "image->audio", "audio->image")
-PAIRED = ("text+audio->image", "image+audio->text")
 GRID_NAME = "text_to_image.png"
 
 
@@ -45,9 +43,8 @@ def training_section(run_dir: Path) -> str:
 
 
 def retrieval_section(result: dict) -> str:
-    recall = result["recall"]
-    rows = [[_arrow(d)] + [f"{recall[d][k]:.1f}" for k in ("R@1", "R@5", "R@10")] for d in DIRECTIONS + PAIRED
-            if d in recall]
+    # In the order opt-eval wrote them (retrieval.DIRECTIONS: the six single, then the paired queries).
+    rows = [[_arrow(d)] + [f"{r[k]:.1f}" for k in ("R@1", "R@5", "R@10")] for d, r in result["recall"].items()]
     chance = 100.0 / result["samples"]
     return (f"Retrieval over {result['samples']} held-out samples (chance R@1 ≈ {chance:.1f}):\n\n"
             + _table(["direction", "R@1", "R@5", "R@10"], rows))
