@@ -7,6 +7,7 @@ implementation of a part from :mod:`opt_scale.model.registry`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from opt_scale.utils.config_tools import require
@@ -18,7 +19,7 @@ class TransformerShape:
     hidden: int = 128
     heads: int = 4
     ffn: int = 512
-    dropout: float = 0.0
+    dropout: float = 0.1         # the public OPT code: 0.1 in the encoders (0.2 in the decoders, below)
 
     def check(self, key: str) -> None:
         require(self.layers >= 0, f"{key}.layers", "must be >= 0")
@@ -30,6 +31,9 @@ class TransformerShape:
 
 @dataclass
 class TextConfig(TransformerShape):
+    """Text tower. ``layers=0`` is the paper's text encoder: word piece +
+    position + modality embeddings and a LayerNorm, no transformer layers (the
+    cross-modal encoder does all the contextualising)."""
     kind: str = "bert"
     vocab_size: int = 0          # 0: taken from the tokenizer when the model is built
     max_len: int = 40            # tokens including [bos] and [eos]
@@ -39,11 +43,21 @@ class TextConfig(TransformerShape):
         require(self.max_len >= 3, "model.text.max_len", "must be >= 3 ([bos] token [eos])")
 
 
+STEMS = ("conv", "linear")
+QUANTIZERS = ("fsq", "ema")
+
+
 @dataclass
 class VisionConfig(TransformerShape):
     kind: str = "vit"
     image_size: int = 64
     patch_size: int = 8
+    # How pixels become patch tokens. "linear": ViT's patchify (one linear map
+    # per patch). "conv": log2(patch_size) 3x3 stride-2 convolutions (Xiao et
+    # al. 2021, "Early convolutions help transformers see better"): edge and
+    # corner detectors shared across positions, which is what tells a square
+    # from a disc; on the demo data shape was at chance with "linear".
+    stem: str = "conv"
 
     @property
     def num_patches(self) -> int:
@@ -53,6 +67,9 @@ class VisionConfig(TransformerShape):
         self.check("model.vision")
         require(self.image_size % self.patch_size == 0, "model.vision.patch_size",
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        require(self.stem in STEMS, "model.vision.stem", f"must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        require(self.stem != "conv" or self.patch_size & (self.patch_size - 1) == 0, "model.vision.stem",
+                f"conv needs a power-of-two patch_size (stride-2 convolutions), got {self.patch_size}")
 
 
 @dataclass
@@ -82,6 +99,10 @@ class AudioConfig(TransformerShape):
 @dataclass
 class CrossConfig(TransformerShape):
     kind: str = "prenorm"
+    # A max-pooled token per modality after [CLS] (see cross_encoder.py). Off:
+    # on the demo (220 steps) it changed neither retrieval, matching nor
+    # caption accuracy measurably.
+    summary_tokens: bool = False
 
 
 @dataclass
@@ -89,6 +110,7 @@ class TextDecoderConfig(TransformerShape):
     """Caption decoder: causal self-attention + cross-attention to the
     cross-modal encoding; input and output embeddings tied."""
     kind: str = "transformer"
+    dropout: float = 0.2         # the public OPT code's decoders
     label_smoothing: float = 0.1
 
     def validate(self) -> None:
@@ -100,6 +122,7 @@ class TextDecoderConfig(TransformerShape):
 class ImageDecoderConfig(TransformerShape):
     """Autoregressive decoder over the VQ codes of an image."""
     kind: str = "transformer"
+    dropout: float = 0.2         # the public OPT code's decoders
 
     def validate(self) -> None:
         self.check("model.image_decoder")
@@ -109,18 +132,34 @@ class ImageDecoderConfig(TransformerShape):
 class VQConfig:
     """VQ image tokenizer (trained by ``opt-train --task vq``, frozen after).
 
-    Its grid equals the ViT patch grid (downsampling factor = patch size), so
-    each patch has exactly one code: the MVM target of that patch."""
-    codebook_size: int = 8192
-    code_dim: int = 32             # l2-normalised codes: cosine lookup keeps the codebook in use
-    channels: int = 64             # width of the conv encoder/decoder
+    Its grid equals the ViT patch grid, so each patch has exactly one code:
+    the MVM target of that patch. It may work at a lower resolution than the
+    vision tower (``image_size``; downsampling factor = image_size / grid,
+    a power of two): generated images come out at that size."""
+    quantizer: str = "fsq"         # fsq (finite scalar quantization) | ema (cosine codebook, EMA updates)
+    # fsq: values per dimension; the codebook size is their product (the
+    # FSQ paper's choices: 1000 = 8x5x5x5, 4375 = 7x5x5x5x5, 15360 = 8x8x8x6x5).
+    fsq_levels: tuple[int, ...] = (8, 8, 8, 6, 5)
+    codebook_size: int = 15360     # MVM classes and image decoder vocabulary: must equal prod(fsq_levels) for fsq
+    code_dim: int = 32             # ema: l2-normalised codes (cosine lookup keeps the codebook in use)
+    channels: int = 64             # conv width at the code grid (halved per level above it)
+    image_size: int = 0            # resolution the VQ sees and draws; 0: model.vision.image_size
     res_blocks: int = 1
-    commitment: float = 0.25
-    ema_decay: float = 0.99
+    commitment: float = 0.25       # ema only
+    ema_decay: float = 0.99        # ema only
     checkpoint: str = ""           # vq.safetensors from `opt-train --task vq` (needed by MVM/DIR/generation)
 
     def validate(self) -> None:
+        require(self.quantizer in QUANTIZERS, "model.vq.quantizer",
+                f"must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         require(self.codebook_size >= 2, "model.vq.codebook_size", "must be >= 2")
+        if self.quantizer == "fsq":
+            require(len(self.fsq_levels) >= 1 and min(self.fsq_levels) >= 2, "model.vq.fsq_levels",
+                    f"needs at least one dimension of at least 2 levels, got {list(self.fsq_levels)}")
+            require(math.prod(self.fsq_levels) == self.codebook_size, "model.vq.codebook_size",
+                    f"is {self.codebook_size} but model.vq.fsq_levels={list(self.fsq_levels)} make "
+                    f"{math.prod(self.fsq_levels)} codes; set both together")
+        require(self.image_size >= 0, "model.vq.image_size", "must be >= 0 (0: the vision tower's)")
         require(0 < self.ema_decay < 1, "model.vq.ema_decay", "must be in (0, 1)")
 
 
@@ -134,7 +173,20 @@ class ModelConfig:
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
     vq: VQConfig = field(default_factory=VQConfig)
 
+    @property
+    def vq_image_size(self) -> int:
+        return self.vq.image_size or self.vision.image_size
+
+    @property
+    def patch_grid(self) -> int:
+        """Patches (and VQ codes) per side of an image."""
+        return self.vision.image_size // self.vision.patch_size
+
     def validate(self) -> None:
         self.cross.check("model.cross")
+        factor = self.vq_image_size // self.patch_grid
+        require(factor * self.patch_grid == self.vq_image_size and factor & (factor - 1) == 0 and factor > 0,
+                "model.vq.image_size", f"{self.vq_image_size} must be a power-of-two multiple of the "
+                f"{self.patch_grid} x {self.patch_grid} patch grid (one VQ code per patch)")
         require(self.text.hidden == self.cross.hidden, "model.text.hidden",
                 f"must equal model.cross.hidden ({self.cross.hidden}): the MLM head ties the text embedding")

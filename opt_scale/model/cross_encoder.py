@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .config import CrossConfig
-from .layers import INIT_STD, EncoderStack
+from .layers import INIT_STD, EncoderStack, Packing
 
 @dataclass
 class CrossOutput:
@@ -26,10 +26,23 @@ class CrossOutput:
     memory_lengths: torch.Tensor  # [B]
 
 
+def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Feature-wise max over the valid tokens [B, L, D] -> [B, D] (zeros for a row with none)."""
+    out = x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).max(1).values
+    return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))
+
+
 class CrossModalEncoder(nn.Module):
     def __init__(self, cfg: CrossConfig):
         super().__init__()
         self.cls = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
+        # One summary token per shown modality: the feature-wise max of its
+        # tokens (+ a learned marker). What the whole image or recording
+        # holds is then one token away for every query; decoders and [CLS]
+        # read attributes from it long before they learn where to look
+        # among 64 patches or 60 audio frames.
+        self.summary = nn.Parameter(torch.randn(3, cfg.hidden) * INIT_STD) if cfg.summary_tokens else None
+        self.prefix = 1 + (3 if cfg.summary_tokens else 0)
         self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)
 
     def forward(self, text, text_valid, image, image_valid, audio, audio_valid):
@@ -37,22 +50,22 @@ class CrossModalEncoder(nn.Module):
         :meth:`split` turns them into a :class:`CrossOutput`."""
         B, Lt, D = text.shape
         cls = self.cls.to(text.dtype).expand(B, 1, D)
-        x = torch.cat([cls, text, image, audio], dim=1)
-        valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), text_valid, image_valid,
-                           audio_valid], dim=1)
-        # Stable sort on "invalid" moves valid tokens first, keeping their order.
-        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
-        lengths = valid.sum(dim=1)
-        lmax = int(lengths.max())
-        idx = order[:, :lmax]
-        gather_idx = idx[..., None].expand(B, lmax, D)
-        packed = self.encoder(x.gather(1, gather_idx), key_lengths=lengths)
-        full = torch.zeros_like(x).scatter(1, gather_idx, packed)
-        full = full * valid[..., None].to(full.dtype)
-        return full, packed, lengths
+        parts, masks = [cls], [torch.ones(B, 1, dtype=torch.bool, device=text.device)]
+        if self.summary is not None:
+            for m, (tokens, valid) in enumerate(((text, text_valid), (image, image_valid), (audio, audio_valid))):
+                parts.append((masked_max(tokens, valid) + self.summary[m].to(tokens.dtype))[:, None])
+                masks.append(valid.any(1, keepdim=True))
+        x = torch.cat([*parts, text, image, audio], dim=1)
+        valid = torch.cat([*masks, text_valid, image_valid, audio_valid], dim=1)
+        # Only the valid tokens are computed (flat, row after row), each row's
+        # packed to the front of its memory row in order.
+        packing = Packing.from_valid(valid)
+        flat = self.encoder(x[valid], packing=packing)
+        full = torch.zeros_like(x).masked_scatter(valid[..., None], flat)
+        return full, packing.pad(flat), packing.lengths
 
-    @staticmethod
-    def split(full, packed, lengths, text_len: int, image_len: int) -> CrossOutput:
-        t, i = 1 + text_len, 1 + text_len + image_len
-        return CrossOutput(cls=full[:, 0], text=full[:, 1:t], image=full[:, t:i], audio=full[:, i:],
+    def split(self, full, packed, lengths, text_len: int, image_len: int) -> CrossOutput:
+        p = self.prefix
+        t, i = p + text_len, p + text_len + image_len
+        return CrossOutput(cls=full[:, 0], text=full[:, p:t], image=full[:, t:i], audio=full[:, i:],
                            memory=packed, memory_lengths=lengths)

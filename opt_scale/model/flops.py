@@ -8,15 +8,17 @@ Conventions: a multiply-add is 2 FLOPs; attention counts the full n x n
 score and value products (causal halves are not subtracted, as in most MFU
 reports); sequence lengths are the configured maxima (text ``max_len``, all
 patches, audio tokens at ``max_seconds``); a training step costs 3x the
-forward (backward = 2x forward). Towers and the cross-modal encoder run on
-two views per sample (masked + matching), decoders and heads on one.
+forward (backward = 2x forward). The towers run twice per sample (masked and
+clean inputs), the cross-modal encoder on four views (masked, DTR with the
+text dropped, DIR with the image dropped, matching), decoders and heads once;
+see tasks/pretrainer.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import AudioConfig, ModelConfig, TransformerShape
+from .config import AudioConfig, ModelConfig, TransformerShape, VisionConfig
 
 DEFAULT_VOCAB = 32_000  # used when model.text.vocab_size is 0 (filled from the tokenizer at run time)
 
@@ -47,6 +49,33 @@ def decoder_block(d: int, f: int, memory: int) -> int:
     return 3 * layer_norm(d) + self_attn + cross_attn + linear(d, f) + linear(f, d)
 
 
+def stem_widths(v: VisionConfig) -> list[int]:
+    """Channel widths of the conv stem's stride-2 convs (vision_encoder.ConvStem)."""
+    n = v.patch_size.bit_length() - 1
+    return [max(16, v.hidden >> (n - 1 - i)) for i in range(n)]
+
+
+def stem_parameters(v: VisionConfig) -> int:
+    if v.stem == "linear":
+        return linear(3 * v.patch_size ** 2, v.hidden)
+    total, c_in = 0, 3
+    for w in stem_widths(v):
+        total += 9 * c_in * w + w + 2 * w   # conv + bias, GroupNorm affine
+        c_in = w
+    return total + linear(c_in, v.hidden)
+
+
+def stem_flops(v: VisionConfig) -> float:
+    if v.stem == "linear":
+        return 2 * v.num_patches * 3 * v.patch_size ** 2 * v.hidden
+    total, c_in, side = 0.0, 3, v.image_size
+    for w in stem_widths(v):
+        side = (side + 1) // 2
+        total += 2 * side * side * 9 * c_in * w
+        c_in = w
+    return total + 2 * v.num_patches * c_in * v.hidden
+
+
 def conv_out_freq(a: AudioConfig) -> int:
     f = a.n_mels
     for _ in range(a.conv_layers):
@@ -62,7 +91,8 @@ def vocab(cfg: ModelConfig) -> int:
     return cfg.text.vocab_size or DEFAULT_VOCAB
 
 
-def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim: int = 128) -> dict[str, int]:
+def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim: int = 128,
+                    matching_similarity: bool = True) -> dict[str, int]:
     """Trainable parameters of each part of :class:`OPTPretrainer` (tied weights once)."""
     t, v, a, c = cfg.text, cfg.vision, cfg.audio, cfg.cross
     d, V, K = c.hidden, vocab(cfg), cfg.vq.codebook_size
@@ -71,11 +101,11 @@ def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim
     parts = {
         "text_encoder": V * t.hidden + t.max_len * t.hidden + t.hidden + layer_norm(t.hidden) + encoder_stack(t)
                         + projection(t.hidden, d),
-        "vision_encoder": linear(3 * v.patch_size ** 2, v.hidden) + v.num_patches * v.hidden + 2 * v.hidden
+        "vision_encoder": stem_parameters(v) + v.num_patches * v.hidden + 2 * v.hidden
                           + layer_norm(v.hidden) + encoder_stack(v) + projection(v.hidden, d),
         "audio_encoder": conv + linear(C * conv_out_freq(a), a.hidden) + audio_tokens(a) * a.hidden + 2 * a.hidden
                          + layer_norm(a.hidden) + encoder_stack(a) + projection(a.hidden, d),
-        "cross_encoder": d + encoder_stack(c),
+        "cross_encoder": d + (3 * d if c.summary_tokens else 0) + encoder_stack(c),
     }
     for name, dec, dec_vocab, dec_len in (("text_decoder", cfg.text_decoder, V, t.max_len),
                                           ("image_decoder", cfg.image_decoder, K + 1, v.num_patches)):
@@ -86,6 +116,7 @@ def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim
                       + (linear(d, d) + layer_norm(d) + K * d + K)         # MVM
                       + linear(d, a.hidden)                                # MAM
                       + linear(d, d) + linear(d, 5)                        # matching
+                      + ((linear(6, d) + linear(d, d)) if matching_similarity else 0)
                       + 3 * linear(d, contrastive_dim) + 1                 # contrastive projections + temperature
                       + (linear(d, 3 * v.patch_size ** 2) if mvm_regress else 0))
     return parts
@@ -110,17 +141,20 @@ class SequenceLengths:
     image: int
     audio: int
 
+    summary: int = 3   # cross_encoder's summary tokens (0 with cross.summary_tokens off)
+
     @property
     def cross(self) -> int:
-        return 1 + self.text + self.image + self.audio
+        return 1 + self.summary + self.text + self.image + self.audio
 
 
 def max_lengths(cfg: ModelConfig) -> SequenceLengths:
-    return SequenceLengths(cfg.text.max_len, cfg.vision.num_patches, audio_tokens(cfg.audio))
+    return SequenceLengths(cfg.text.max_len, cfg.vision.num_patches, audio_tokens(cfg.audio),
+                           3 if cfg.cross.summary_tokens else 0)
 
 
 def part_forward_flops(cfg: ModelConfig, lengths: SequenceLengths | None = None, views: int = 2,
-                       mask_prob: float = 0.15, contrastive_dim: int = 128) -> dict[str, float]:
+                       cross_views: int = 4, mask_prob: float = 0.15, contrastive_dim: int = 128) -> dict[str, float]:
     """Forward FLOPs per training sample, by part."""
     n = lengths or max_lengths(cfg)
     t, v, a, c = cfg.text, cfg.vision, cfg.audio, cfg.cross
@@ -134,11 +168,11 @@ def part_forward_flops(cfg: ModelConfig, lengths: SequenceLengths | None = None,
         ch_in = a.conv_channels
     flops = {
         "text_encoder": views * (encoder_flops(t, n.text) + 2 * n.text * projection(t.hidden, d)),
-        "vision_encoder": views * (2 * n.image * 3 * v.patch_size ** 2 * v.hidden + encoder_flops(v, n.image)
+        "vision_encoder": views * (stem_flops(v) + encoder_flops(v, n.image)
                                    + 2 * n.image * projection(v.hidden, d)),
         "audio_encoder": conv + 2 * n.audio * a.conv_channels * conv_out_freq(a) * a.hidden
                          + views * (encoder_flops(a, n.audio) + 2 * n.audio * projection(a.hidden, d)),
-        "cross_encoder": views * encoder_flops(c, n.cross),
+        "cross_encoder": cross_views * encoder_flops(c, n.cross),
         "text_decoder": decoder_flops(cfg.text_decoder, n.text, n.cross, d, vocab(cfg)),
         "image_decoder": decoder_flops(cfg.image_decoder, n.image, n.cross, d, cfg.vq.codebook_size + 1),
     }

@@ -10,6 +10,8 @@ write into an empty shard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,6 +21,41 @@ from opt_scale.kernels import attention
 from .norm import LayerNorm
 
 INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Variable-length rows stored flat: only real tokens, no padding.
+
+    Token t of the flat [T, D] tensor sits at position ``index[t]`` of the
+    padded [rows * length] layout; row r has ``lengths[r]`` tokens, first in
+    its row. Linear layers and norms run on the T real tokens only;
+    attention scatters them into the padded layout (key lengths mask the
+    rest) and gathers its output back. On the cross-modal encoder, where
+    dropped modalities make rows of very different lengths, this skips
+    ~30-40% of the work that padding would cost."""
+    index: torch.Tensor      # [T] int64
+    lengths: torch.Tensor    # [rows]
+    rows: int
+    length: int
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor) -> "Packing":
+        """Rows whose valid tokens (``valid`` [rows, L] bool, any order) are
+        packed to the front, in order."""
+        lengths = valid.sum(1)
+        length = max(1, int(lengths.max()))
+        pos = valid.long().cumsum(1) - 1
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)
+        return cls((rows * length + pos)[valid], lengths, valid.shape[0], length)
+
+    def pad(self, flat: torch.Tensor) -> torch.Tensor:
+        """[T, C] -> [rows, length, C], zeros at padding."""
+        out = flat.new_zeros(self.rows * self.length, flat.shape[-1])
+        return out.index_copy(0, self.index, flat).view(self.rows, self.length, -1)
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded.reshape(self.rows * self.length, -1).index_select(0, self.index)
 
 
 class Linear(nn.Linear):
@@ -42,9 +79,22 @@ class SelfAttention(nn.Module):
         self.out = Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, *, key_lengths=None, causal: bool = False,
-                segments=None, allowed_pairs=None, cache: dict | None = None) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+                segments=None, allowed_pairs=None, cache: dict | None = None,
+                packing: Packing | None = None) -> torch.Tensor:
+        if packing is not None:  # x is flat [T, D]; attention runs on the padded layout
+            qkv = packing.pad(self.qkv(x))
+            o = self._attend(qkv, key_lengths=packing.lengths, causal=causal, segments=segments,
+                             allowed_pairs=allowed_pairs)
+            return self.out(packing.unpad(o))
+        return self.out(self._attend(self.qkv(x), key_lengths=key_lengths, causal=causal, segments=segments,
+                                     allowed_pairs=allowed_pairs, cache=cache))
+
+    def _attend(self, qkv: torch.Tensor, *, key_lengths=None, causal: bool = False, segments=None,
+                allowed_pairs=None, cache: dict | None = None) -> torch.Tensor:
+        """qkv [B, L, 3D] -> attention output [B, L, D] (before the output projection)."""
+        B, L, D3 = qkv.shape
+        D = D3 // 3
+        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:  # incremental decoding: keys/values of earlier steps
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -52,7 +102,7 @@ class SelfAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         o = attention(q, k, v, key_lengths=key_lengths, causal=causal, q_segments=segments,
                       k_segments=segments, allowed_pairs=allowed_pairs)
-        return self.out(o.transpose(1, 2).reshape(B, L, D))
+        return o.transpose(1, 2).reshape(B, L, D)
 
 
 class CrossAttention(nn.Module):
@@ -101,9 +151,10 @@ class EncoderBlock(nn.Module):
         self.ffn = FeedForward(hidden, ffn, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None):
+    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None, packing: Packing | None = None):
+        """x [B, L, D], or flat [T, D] with ``packing``."""
         x = x + self.dropout(self.attn(self.norm1(x), key_lengths=key_lengths, segments=segments,
-                                       allowed_pairs=allowed_pairs))
+                                       allowed_pairs=allowed_pairs, packing=packing))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
@@ -132,11 +183,12 @@ class EncoderStack(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(hidden, heads, ffn, dropout) for _ in range(layers))
         self.norm = LayerNorm(hidden)
 
-    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None):
+    def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None, packing: Packing | None = None):
         """``segments`` [B, L] (a modality id per token) and ``allowed_pairs``
         [S, S] (which segment may attend to which) restrict attention inside the
         fused kernel. OPT's cross-modal encoder attends all-to-all and passes
-        neither; they are there for variants that keep modalities apart."""
+        neither; they are there for variants that keep modalities apart.
+        With ``packing``, ``x`` is the flat [T, D] real tokens (see :class:`Packing`)."""
         for block in self.blocks:
-            x = block(x, key_lengths, segments, allowed_pairs)
+            x = block(x, key_lengths, segments, allowed_pairs, packing=packing)
         return self.norm(x)
