@@ -1,9 +1,9 @@
 """Stack decoded samples into a batch and draw every task's masks and labels.
 
 Runs in the loader worker. All draws are per sample, from
-``sample_rng(seed, epoch, key, purpose)``; only the partners of matching
-negatives depend on the batch (other samples of the same batch), and batches
-are themselves a deterministic function of the epoch plan.
+``sample_rng(seed, epoch, key, purpose)``. The partners of matching negatives
+are picked in the model, among the hard negatives of the global batch, by two
+uniforms drawn here (see :mod:`opt_scale.tasks.matching`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
-from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, matching_class, matching_sources, matching_view,
-                      mlm_mask, modality_keep, sample_rng, token_mask)
+from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, matching_uniforms,
+                      matching_view, mlm_mask, modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
 
 
@@ -28,10 +28,14 @@ class SampleDraws:
     keep: np.ndarray               # [3] bool: text, image, audio present in the masked view
     mlm_inputs: np.ndarray         # [len] ids after BERT masking
     mlm_labels: np.ndarray         # [len] targets at masked positions, IGNORE_INDEX elsewhere
-    mvm_mask: np.ndarray | None    # [patches] bool, None when the image is dropped
-    mam_mask: np.ndarray | None    # [audio tokens of this sample] bool, None when the audio is dropped
-    match_class: int
-    match_rng: np.random.Generator  # continues into the choice of matching partners
+    mvm_mask: np.ndarray           # [patches] bool: patches hidden wherever the image is shown masked
+    mam_mask: np.ndarray           # [audio tokens of this sample] bool, likewise for the audio
+    dtr_keep: np.ndarray           # [3] bool: modalities in the text decoder's memory (never text)
+    dir_keep: np.ndarray           # [3] bool: modalities in the image decoder's memory (never image)
+    match_class: int               # 5-way class (which of image / audio come from another sample)
+    match_label: int               # its label: the class, reduced when the matching view leaves a modality out
+    match_keep: np.ndarray         # [3] bool: modalities in the matching view
+    match_u: np.ndarray            # [2] uniforms choosing the negative image / audio
 
 
 class Collator:
@@ -45,22 +49,23 @@ class Collator:
         return self.assemble(samples, [self.draw(s, epoch) for s in samples])
 
     def draw(self, s: DecodedSample, epoch: int) -> SampleDraws:
-        """The sample's masks and matching class: a function of (seed, epoch, key) alone."""
-        tok = self.tokenizer
-        keep = modality_keep(sample_rng(self.seed, epoch, s.key, "modality"), self.tasks.modality_mask.prob)
-        inputs, labels = mlm_mask(s.text_ids, sample_rng(self.seed, epoch, s.key, "mlm"), self.tasks.mlm,
-                                  tok.vocab_size, tok.mask_id, tok.special_ids)
-        # Token-level masks only where the modality is present in the masked view.
-        mvm = None
-        if keep[IMAGE]:
-            patches = self.model_cfg.vision.num_patches
-            mvm = token_mask(sample_rng(self.seed, epoch, s.key, "mvm"), patches, patches, self.tasks.mvm.prob)
-        mam = None
-        if keep[AUDIO]:
-            tokens = self.model_cfg.audio.tokens_for_frames(s.mel.shape[0])
-            mam = token_mask(sample_rng(self.seed, epoch, s.key, "mam"), tokens, tokens, self.tasks.mam.prob)
-        rng = sample_rng(self.seed, epoch, s.key, "matching")
-        return SampleDraws(keep, inputs, labels, mvm, mam, matching_class(rng, self.tasks.matching), rng)
+        """The sample's masks, views and matching class: a function of (seed, epoch, key) alone."""
+        tok, t = self.tokenizer, self.tasks
+        rng = lambda purpose: sample_rng(self.seed, epoch, s.key, purpose)  # noqa: E731
+        inputs, labels = mlm_mask(s.text_ids, rng("mlm"), t.mlm, tok.vocab_size, tok.mask_id, tok.special_ids)
+        patches = self.model_cfg.vision.num_patches
+        audio_tokens = self.model_cfg.audio.tokens_for_frames(s.mel.shape[0])
+        match_rng = rng("matching")
+        match_class = matching_class(match_rng, t.matching)
+        match_keep, match_label = matching_view(match_rng, match_class, t.matching.pair_prob)
+        return SampleDraws(
+            keep=modality_keep(rng("modality"), t.modality_mask.prob),
+            mlm_inputs=inputs, mlm_labels=labels,
+            mvm_mask=token_mask(rng("mvm"), patches, patches, t.mvm.prob),
+            mam_mask=token_mask(rng("mam"), audio_tokens, audio_tokens, t.mam.prob),
+            dtr_keep=decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob),
+            dir_keep=decoder_view_keep(rng("dir"), IMAGE, t.dir.drop_prob),
+            match_class=match_class, match_label=match_label, match_keep=match_keep, match_u=matching_uniforms(match_rng))
 
     def assemble(self, samples: list[DecodedSample], draws: list[SampleDraws]) -> dict:
         """Pad and stack the samples and their draws into one batch."""
@@ -78,21 +83,15 @@ class Collator:
             L = len(s.text_ids)
             text_ids[i, :L] = s.text_ids
             mlm_inputs[i, :L] = d.mlm_inputs
-            if d.keep[TEXT]:  # a masked-out text modality has no positions to predict
-                mlm_labels[i, :L] = d.mlm_labels
+            mlm_labels[i, :L] = d.mlm_labels
             mel[i, : s.mel.shape[0]] = s.mel
             mel[i, s.mel.shape[0]:] = 0.0
-            if d.mvm_mask is not None:
-                mvm_mask[i] = d.mvm_mask
-            if d.mam_mask is not None:
-                mam_mask[i, : len(d.mam_mask)] = d.mam_mask
-        classes = [d.match_class for d in draws]
-        match_rngs = [d.match_rng for d in draws]
-        image_src, audio_src = matching_sources(classes, match_rngs)
-        # Drawn after the sources, so the swaps do not depend on pair_prob.
-        views = [matching_view(rng, cls, self.tasks.matching.pair_prob) for rng, cls in zip(match_rngs, classes)]
+            mvm_mask[i] = d.mvm_mask
+            mam_mask[i, : len(d.mam_mask)] = d.mam_mask
+        stack = lambda name: torch.from_numpy(np.stack([getattr(d, name) for d in draws]))  # noqa: E731
         return {
             "keys": [s.key for s in samples],
+            "image_uid": torch.tensor([s.image_uid for s in samples], dtype=torch.int64),
             "text_ids": torch.from_numpy(text_ids),
             "text_len": torch.tensor([len(s.text_ids) for s in samples]),
             "mlm_input_ids": torch.from_numpy(mlm_inputs),
@@ -100,11 +99,13 @@ class Collator:
             "pixels": torch.stack([s.pixels for s in samples]),
             "mel": mel,
             "mel_len": torch.tensor([s.mel.shape[0] for s in samples]),
-            "modality_keep": torch.from_numpy(np.stack([d.keep for d in draws])),
+            "modality_keep": stack("keep"),
             "mvm_mask": torch.from_numpy(mvm_mask),
             "mam_mask": torch.from_numpy(mam_mask),
-            "match_label": torch.tensor([label for _, label in views]),
-            "match_keep": torch.from_numpy(np.stack([keep for keep, _ in views])),
-            "match_image_src": torch.from_numpy(image_src),
-            "match_audio_src": torch.from_numpy(audio_src),
+            "dtr_keep": stack("dtr_keep"),
+            "dir_keep": stack("dir_keep"),
+            "match_class": torch.tensor([d.match_class for d in draws]),
+            "match_label": torch.tensor([d.match_label for d in draws]),
+            "match_keep": stack("match_keep"),
+            "match_u": stack("match_u"),
         }

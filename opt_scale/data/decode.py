@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class DecodedSample:
     pixels: torch.Tensor      # [3, H, W] uint8
     mel: torch.Tensor         # [frames, n_mels] float32
     meta_json: bytes = b"{}"  # the sample's .json member, parsed on demand (nothing in training reads it)
+    image_uid: int = 0        # hash of the image file: narratives of one image share it (never each other's negatives)
 
     @property
     def meta(self) -> dict:
@@ -58,6 +60,7 @@ class SampleDecoder:
                 pixels=self.decode_image(raw["jpg"]),
                 mel=self.decode_audio(raw[audio_ext]),
                 meta_json=raw.get("json", b"{}"),
+                image_uid=content_uid(raw["jpg"]),
             )
         except StopIteration:
             raise SampleError(f"sample {key!r} has no audio member ({', '.join(AUDIO_EXTENSIONS)})") from None
@@ -80,6 +83,11 @@ class SampleDecoder:
         if rate != SAMPLE_RATE:
             raise SampleError(f"audio is {rate} Hz; shards must hold 16 kHz audio (rebuild with opt-shards build)")
         return wave.mean(axis=1) if wave.ndim == 2 else wave  # shards are mono: no copy then
+
+
+def content_uid(data: bytes) -> int:
+    """A signed 64-bit hash of a member's bytes (fits an int64 tensor)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def centre_square(img: Image.Image, size: int) -> torch.Tensor:

@@ -72,6 +72,7 @@ def matching_class(rng: np.random.Generator, cfg: MatchingConfig) -> int:
 
 
 MATCHED = 4
+NUM_CLASSES = 5
 # With one modality left out, a 5-way label reduces to "the remaining pair
 # agrees" (MATCHED) or the class naming the pair's mismatch.
 PAIR_LABELS = {
@@ -91,25 +92,24 @@ def matching_view(rng: np.random.Generator, cls: int, pair_prob: float) -> tuple
     return keep, cls
 
 
-def matching_sources(classes: list[int], rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the image and audio each sample's matching view takes.
+def decoder_view_keep(rng: np.random.Generator, target: int, prob: float) -> np.ndarray:
+    """Modalities a decoder's memory shows: never ``target`` (the modality it
+    rebuilds), so it cannot copy its answer. Of the other two, as the public
+    OPT code: the first dropped whole with ``prob``, else the second dropped
+    whole with ``prob``, else both shown (token-masked as in the masked view)."""
+    keep = np.ones(3, dtype=bool)
+    keep[target] = False
+    first, second = [m for m in (TEXT, IMAGE, AUDIO) if m != target]
+    r = rng.random()
+    if r < prob:
+        keep[first] = False
+    elif r < 2 * prob:
+        keep[second] = False
+    return keep
 
-    0: image and audio from one other sample; 1: image from another sample;
-    2: audio from another sample; 3: image and audio from two different other
-    samples; 4: all matched. Needs a batch of at least three samples.
-    """
-    n = len(classes)
-    image_src = np.arange(n)
-    audio_src = np.arange(n)
-    for i, (cls, rng) in enumerate(zip(classes, rngs)):
-        others = np.array([j for j in range(n) if j != i])
-        a, b = rng.choice(others, size=2, replace=False)
-        if cls == 0:
-            image_src[i] = audio_src[i] = a
-        elif cls == 1:
-            image_src[i] = a
-        elif cls == 2:
-            audio_src[i] = a
-        elif cls == 3:
-            image_src[i], audio_src[i] = a, b
-    return image_src, audio_src
+
+def matching_uniforms(rng: np.random.Generator) -> np.ndarray:
+    """Two uniforms that pick a sample's matching partners (image, audio) among
+    the hard-negative candidates of its batch (inverse CDF, in the model):
+    the choice is a function of (seed, epoch, key) and of the similarities."""
+    return rng.random(2)

@@ -12,6 +12,8 @@ from opt_scale.utils.config_tools import require
 
 MATCHING_CLASSES = ("image_audio_swapped", "image_swapped", "audio_swapped",
                     "image_and_audio_swapped_apart", "matched")
+TASK_NAMES = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
+SCHEDULES = ("sum", "sample")
 
 
 @dataclass
@@ -44,6 +46,14 @@ class MatchingConfig:
     # reduced to what the remaining pair can tell): teaches the head to judge
     # pairs, which two-modality retrieval (text->image, ...) needs.
     pair_prob: float = 0.3
+    # Negatives drawn in proportion to softmax(similarity) of the contrastive
+    # embeddings, over the whole global batch (ALBEF/BLIP); false: uniformly
+    # among the other samples (random negatives teach little once colour alone
+    # tells most of them apart).
+    hard_negatives: bool = True
+    # The head also reads the cosines of the shown modalities' contrastive
+    # embeddings (see tasks/heads.py MatchingHead); false: [CLS] alone, as the paper.
+    similarity_features: bool = True
 
     def validate(self) -> None:
         require(0 <= self.pair_prob < 1, "tasks.matching.pair_prob", "must be in [0, 1)")
@@ -82,14 +92,29 @@ class MAMConfig:
 
 @dataclass
 class DTRConfig:
-    """Denoising text reconstruction by the text decoder."""
+    """Text reconstruction by the text decoder, from a memory with no text in it.
+
+    Of image and audio, as the public OPT code: the image dropped whole with
+    ``drop_prob`` (caption from speech), else the audio with ``drop_prob``
+    (caption from the image: the captioning condition), else both shown,
+    token-masked."""
     weight: float = 1.0
+    drop_prob: float = 0.3
+
+    def validate(self) -> None:
+        require(0 <= self.drop_prob <= 0.5, "tasks.dtr.drop_prob", "must be in [0, 0.5] (two modalities drop)")
 
 
 @dataclass
 class DIRConfig:
-    """Image reconstruction: the image decoder predicts the VQ codes."""
+    """Image reconstruction: the image decoder predicts the VQ codes from a
+    memory with no image in it (text or audio dropped whole with
+    ``drop_prob`` each, as for DTR)."""
     weight: float = 1.0
+    drop_prob: float = 0.3
+
+    def validate(self) -> None:
+        require(0 <= self.drop_prob <= 0.5, "tasks.dir.drop_prob", "must be in [0, 0.5] (two modalities drop)")
 
 
 @dataclass
@@ -97,13 +122,34 @@ class ContrastiveConfig:
     """Alignment of the towers' pooled embeddings (InfoNCE); see tasks/contrastive.py."""
     weight: float = 1.0
     dim: int = 128
+    # How a tower's tokens become one vector. "max" (feature-wise over the
+    # tokens): an attribute seen anywhere, a shape in one corner or a word
+    # among 60 audio tokens, sets its features; supervised probes of the
+    # towers learnt shape and spoken colour words 2-4x faster than with
+    # "mean" (which dilutes them in background tokens).
+    pool: str = "max"
+    # Negatives from every rank: embeddings all-gathered with gradients (open_clip's gather_with_grad).
+    gather: bool = True
+    # Each rank scores only its own rows against all columns (open_clip's
+    # local_loss): same loss and gradients, 1/world of the logits.
+    local_loss: bool = False
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0  # 1 / the lowest temperature the learnable scale may reach
 
     def validate(self) -> None:
         require(self.dim > 0, "tasks.contrastive.dim", "must be positive")
+        require(self.pool in ("max", "mean"), "tasks.contrastive.pool", f"must be max or mean, got {self.pool!r}")
+        require(0 < self.init_temperature < 1, "tasks.contrastive.init_temperature", "must be in (0, 1)")
+        require(self.max_logit_scale >= 1 / self.init_temperature, "tasks.contrastive.max_logit_scale",
+                f"must be >= 1 / init_temperature = {1 / self.init_temperature:.1f}")
 
 
 @dataclass
 class TasksConfig:
+    # "sum": every task's loss every step (weighted). "sample": one task per
+    # step, drawn in proportion to the weights from (data.seed, step), as the
+    # public OPT code does; every rank draws the same task.
+    schedule: str = "sum"
     mlm: MLMConfig = field(default_factory=MLMConfig)
     mvm: MVMConfig = field(default_factory=MVMConfig)
     mam: MAMConfig = field(default_factory=MAMConfig)
@@ -112,6 +158,17 @@ class TasksConfig:
     dir: DIRConfig = field(default_factory=DIRConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+
+    def validate(self) -> None:
+        require(self.schedule in SCHEDULES, "tasks.schedule",
+                f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        weights = self.weights()
+        for name, weight in weights.items():
+            require(weight >= 0, f"tasks.{name}.weight", f"must be >= 0, got {weight}")
+        require(sum(weights.values()) > 0, "tasks.*.weight", "every task weight is 0: nothing to train")
+
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, name).weight for name in TASK_NAMES}
 
     @property
     def needs_vq(self) -> bool:

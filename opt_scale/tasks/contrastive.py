@@ -1,10 +1,17 @@
 """Sample-level modality alignment: contrastive (InfoNCE) over pooled tower outputs.
 
 Not one of the paper's tasks; added because (1) it aligns the three towers'
-embeddings, which cross-modal retrieval needs for its fast pre-ranking (the
-matching head then re-ranks the top candidates, as in OPT's protocol), and
-(2) aligned towers let the 5-way matching head learn far sooner (as in
-ALBEF's "align before fuse"). ``tasks.contrastive.weight=0`` turns it off.
+embeddings, which cross-modal retrieval ranks by (the paper scored every pair
+with the cross-modal encoder, which does not scale past a few thousand
+candidates), (2) its similarities pick the hard negatives of the matching
+task (ALBEF's "align before fuse"). ``tasks.contrastive.weight=0`` turns
+the loss off (the projections still embed, for retrieval and mining).
+
+As open_clip: embeddings are gathered from every rank with gradients, so the
+negatives are the whole global batch (``gather``); with ``local_loss`` each
+rank scores only its own rows against all columns, which is the same loss
+(the mean over ranks of the row-wise losses) with 1/world of the logits; the
+temperature is learnable (a logit scale, clamped at ``max_logit_scale``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ import torch.nn.functional as F
 
 from opt_scale.model.layers import Linear
 
+from .config import ContrastiveConfig
+from .gather import gather_rows, row_offset, world_size
+
+MODALITIES = ("text", "image", "audio")
 PAIRS = (("text", "image"), ("text", "audio"), ("image", "audio"))
 
 
@@ -25,32 +36,77 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Feature-wise max over the valid tokens (zeros for a row with none)."""
+    out = x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).max(1).values
+    return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))
+
+
+POOLS = {"max": masked_max, "mean": masked_mean}
+
+
 class ContrastiveHead(nn.Module):
-    def __init__(self, hidden: int, dim: int, init_temperature: float = 0.07):
+    def __init__(self, hidden: int, cfg: ContrastiveConfig):
         super().__init__()
-        self.proj = nn.ModuleDict({m: Linear(hidden, dim) for m in ("text", "image", "audio")})
+        self.cfg = cfg
+        self.proj = nn.ModuleDict({m: Linear(hidden, cfg.dim) for m in MODALITIES})
         # Shape [1], not a scalar: ZeRO-3 cannot partition 0-dim parameters.
-        self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / init_temperature)))
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / cfg.init_temperature)))
+
 
     def embed(self, modality: str, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Unit-norm sample embedding of one modality (also used for retrieval)."""
-        return F.normalize(self.proj[modality](masked_mean(tokens, valid)).float(), dim=-1)
+        return F.normalize(self.proj[modality](POOLS[self.cfg.pool](tokens, valid)).float(), dim=-1)
 
-    def forward(self, towers: dict[str, tuple[torch.Tensor, torch.Tensor]], present: torch.Tensor):
-        """towers: modality -> (tokens [B, L, D], valid [B, L]); present [B, 3]
-        bool (modality really there). Symmetric InfoNCE for each pair, over the
-        samples that have both modalities."""
-        emb = {m: self.embed(m, *towers[m]) for m in ("text", "image", "audio")}
-        index = {"text": 0, "image": 1, "audio": 2}
-        scale = self.log_scale.exp().clamp(max=100.0)[0]
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=self.cfg.max_logit_scale)[0]
+
+    def forward(self, towers: dict[str, tuple[torch.Tensor, torch.Tensor]], present: torch.Tensor,
+                image_uid: torch.Tensor | None = None):
+        """towers: modality -> (tokens [B, L, D], valid [B, L]) of this rank;
+        present [B, 3] bool (modality really there); image_uid [B] (samples of
+        one image are not each other's negatives: their logits are left out).
+
+        Returns (loss, global embeddings {modality: [N, dim]}, global present
+        [N, 3], this rank's first row in them, logit scale). The loss is the
+        symmetric InfoNCE of each pair over the samples that have both,
+        averaged over the pairs; under ``local_loss`` it is this rank's rows'
+        share, whose mean over ranks is the global loss."""
+        local = torch.cat([self.embed(m, *towers[m]) for m in MODALITIES], dim=1)
+        uid = image_uid if image_uid is not None else torch.arange(len(local), device=local.device)
+        if self.cfg.gather:
+            everyone, rows = gather_rows(local)
+            present_all, _ = gather_rows(present)
+            uid_all, _ = gather_rows(uid, with_grad=False)
+            start = row_offset(rows)
+        else:
+            everyone, present_all, uid_all, start = local, present, uid, 0
+        dim = self.cfg.dim
+        emb = {m: everyone[:, i * dim:(i + 1) * dim] for i, m in enumerate(MODALITIES)}
+        scale = self.logit_scale()
+        index = {m: i for i, m in enumerate(MODALITIES)}
+        mine = torch.zeros(len(everyone), dtype=torch.bool, device=everyone.device)
+        mine[start:start + len(local)] = True
         losses = []
         for a, b in PAIRS:
-            both = present[:, index[a]] & present[:, index[b]]
+            both = present_all[:, index[a]] & present_all[:, index[b]]
             ea, eb = emb[a][both], emb[b][both]
-            if len(ea) < 2:
+            # Rows scored here: all of them, or (local_loss) this rank's.
+            rows = mine[both] if self.cfg.local_loss else torch.ones(len(ea), dtype=torch.bool, device=ea.device)
+            labels = torch.arange(len(ea), device=ea.device)[rows]
+            u = uid_all[both]
+            twin = (u[:, None] == u[None, :]) & ~torch.eye(len(u), dtype=torch.bool, device=u.device)
+            twin = twin[rows]
+            logits_ab = (scale * ea[rows] @ eb.t()).masked_fill(twin, float("-inf"))
+            logits_ba = (scale * eb[rows] @ ea.t()).masked_fill(twin, float("-inf"))
+            total = int(both.sum())
+            if total < 2:  # no negatives: a zero that still reaches every parameter of the pair
                 losses.append(scale * 0.0 + (emb[a].sum() + emb[b].sum()) * 0.0)
                 continue
-            logits = scale * ea @ eb.t()
-            labels = torch.arange(len(ea), device=ea.device)
-            losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2)
-        return torch.stack(losses).mean()
+            loss = (F.cross_entropy(logits_ab, labels, reduction="sum")
+                    + F.cross_entropy(logits_ba, labels, reduction="sum")) / 2
+            # Over the global row count; a local share is scaled by the world
+            # size, so that its mean over ranks is the global mean.
+            ranks = world_size() if self.cfg.local_loss and self.cfg.gather else 1
+            losses.append(loss * ranks / total)
+        return torch.stack(losses).mean(), emb, present_all, start, scale.detach()

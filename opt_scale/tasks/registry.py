@@ -22,7 +22,7 @@ def build_task_module(cfg, frozen_vq=None) -> nn.Module:
         return VQTraining(cfg.model)
     if cfg.train.task == "pretrain":
         from .pretrainer import OPTPretrainer
-        return OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq)
+        return OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq, seed=cfg.data.seed)
     raise ConfigError(f"config key 'train.task': unknown task {cfg.train.task!r} (known: {', '.join(TASKS)})")
 
 
@@ -34,4 +34,4 @@ def load_frozen_vq(cfg):
                           "with `opt-train --task vq` and pass its vq.safetensors, or set tasks.mvm.weight=0 "
                           "tasks.dir.weight=0")
     from opt_scale.model.vq_io import load_vq
-    return load_vq(cfg.model.vq.checkpoint, cfg.model.vision.patch_size)
+    return load_vq(cfg.model.vq.checkpoint, cfg.model.patch_grid)

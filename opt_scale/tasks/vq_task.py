@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch.nn as nn
 
 from opt_scale.model.config import ModelConfig
-from opt_scale.model.vq import VQTokenizer
+from opt_scale.model.vq import build_vq
 
 
 class VQTraining(nn.Module):
     def __init__(self, model_cfg: ModelConfig):
         super().__init__()
-        self.tokenizer = VQTokenizer(model_cfg.vq, model_cfg.vision.patch_size)
+        self.tokenizer = build_vq(model_cfg)
 
     def forward(self, batch: dict) -> dict:
         return self.tokenizer(batch["pixels"])
