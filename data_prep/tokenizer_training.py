@@ -53,7 +53,10 @@ def train_tokenizer(shards: str, vocab_size: int, out: str, seed: int = 0, model
     atomic_write_bytes(path, model.getvalue())
     size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
     if size < vocab_size // 2:
-        log.warning("%s: only %d pieces of the %d asked for (a small or repetitive corpus); captions will "
-                    "tokenize into many short pieces%s", path, size, vocab_size,
-                    "; --model-type bpe reaches the requested size" if model_type == "unigram" else "")
+        if model_type == "unigram":
+            log.warning("%s: only %d pieces of the %d asked for (a small or repetitive corpus); captions will "
+                        "tokenize into many short pieces; --model-type bpe merges whole words", path, size, vocab_size)
+        else:
+            log.info("%s: %d pieces of the %d asked for: the corpus supports no more merges (its words are "
+                     "whole pieces)", path, size, vocab_size)
     return path

@@ -80,13 +80,14 @@ def _config(spec: ProbeSpec, rank: int):
 
 def write_untrained_vq(cfg, work_dir: Path, rank: int) -> Path:
     """A randomly initialised VQ tokenizer of the configured shape (one file per rank: no write races)."""
-    from opt_scale.model.vq import VQTokenizer
+    from opt_scale.model.vq import build_vq
     from opt_scale.model.vq_io import save_vq
-    patch = cfg.model.vision.patch_size
-    path = work_dir / f"vq-untrained-p{patch}-k{cfg.model.vq.codebook_size}-rank{rank}.safetensors"
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    save_vq(VQTokenizer(cfg.model.vq, patch).state_dict(), cfg.model.vq, patch, path)
+    vq = build_vq(cfg.model)
+    path = work_dir / (f"vq-untrained-{vq.cfg.image_size}px-g{vq.grid}-k{cfg.model.vq.codebook_size}"
+                       f"-rank{rank}.safetensors")
+    save_vq(vq.state_dict(), vq.cfg, vq.grid, path)
     return path
 
 

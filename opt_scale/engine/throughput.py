@@ -27,7 +27,8 @@ def batch_train_flops(batch: dict, cfg: ModelConfig) -> dict[str, float]:
     total: dict[str, float] = {}
     audio = audio_token_lengths(batch["mel_len"], cfg).tolist()
     for text_len, audio_len in zip(batch["text_len"].tolist(), audio):
-        lengths = SequenceLengths(int(text_len), cfg.vision.num_patches, int(audio_len))
+        lengths = SequenceLengths(int(text_len), cfg.vision.num_patches, int(audio_len),
+                                  3 if cfg.cross.summary_tokens else 0)
         for part, f in part_forward_flops(cfg, lengths).items():
             total[part] = total.get(part, 0.0) + 3.0 * f
     return total

@@ -238,6 +238,7 @@ class Trainer:
             if self.pretraining:
                 self.window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg.model).items()})
                 self.window.total({f"flops/{p}": f for p, f in batch_train_flops(batch, cfg.model).items()})
+            batch["step"] = torch.tensor(self.state.step)  # tasks.schedule=sample draws the step's task from it
             out = self.engine(to_device(batch, self.device))
             loss = out["loss"]
             if self.state.step + 1 in cfg.train.inject_nan_at:
@@ -245,7 +246,7 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary
             self.window.mean({("loss/total" if k == "loss" else k): float(v.detach())
-                              for k, v in out.items() if k.startswith(("loss", "acc", "vq/"))})
+                              for k, v in out.items() if k.startswith(("loss", "acc", "vq/", "contrastive/"))})
         return keys
 
     def _check_step_applied(self) -> None:
@@ -294,6 +295,14 @@ class Trainer:
         state_dict = gather_full_state_dict(self.engine, keep=self.dist_env.is_main)  # collective
         if self.dist_env.is_main:
             prefix, path = "tokenizer.", self.out_dir / "vq.safetensors"
-            save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, self.cfg.model.vq,
-                    self.cfg.model.vision.patch_size, path)
+            tokenizer = self.model.tokenizer  # its config has the resolution resolved
+            save_vq({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, tokenizer.cfg,
+                    tokenizer.grid, path)
             log.info("VQ tokenizer: %s (use it with --set model.vq.checkpoint=%s)", path, path)
+            from opt_scale.engine.vq_report import report_vq
+            from opt_scale.model.vq_io import load_vq
+            held_out = bool(self.cfg.data.eval_shards)
+            # The saved file, not self.model: under ZeRO-3 this rank holds only a partition of its weights.
+            report_vq(load_vq(path), self.cfg.data.eval_shards or self.cfg.data.train_shards, held_out,
+                      self.cfg.model.vision.image_size, self.out_dir / "vq_reconstructions.png",
+                      self.logger.writer, self.state.step)

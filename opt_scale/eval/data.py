@@ -53,6 +53,18 @@ def iter_eval_batches(shards: str, model_cfg: ModelConfig, tokenizer: Tokenizer,
         yield collate(pending, tokenizer.pad_id, model_cfg.audio.n_mels)
 
 
+def first_captions(shards: str, n: int) -> list[str]:
+    """The captions of the first ``n`` samples (text-to-image prompts that
+    fit whatever data a run was trained on)."""
+    captions = []
+    for shard in resolve_shards(shards, key="--prompts-from"):
+        for raw in iter_samples(shard.url, extensions={"txt"}):
+            captions.append(raw["txt"].decode("utf-8").strip())
+            if len(captions) == n:
+                return captions
+    return captions
+
+
 def collate(samples, pad_id: int, n_mels: int) -> EvalBatch:
     n = len(samples)
     text_len = torch.tensor([len(s.text_ids) for s in samples])

@@ -43,11 +43,44 @@ def training_section(run_dir: Path) -> str:
 
 
 def retrieval_section(result: dict) -> str:
+    """Both protocols side by side (older JSON without ``by_protocol``: the one it has)."""
+    by_protocol = result.get("by_protocol") or {result.get("protocol", "embedding"): result["recall"]}
+    label = {"embedding": "emb", "rerank": f"rerank{result.get('rerank', '')}"}
+    header = ["direction"] + [f"{label[p]} R@{k}" for p in by_protocol for k in (1, 5, 10)]
     # In the order opt-eval wrote them (retrieval.DIRECTIONS: the six single, then the paired queries).
-    rows = [[_arrow(d)] + [f"{r[k]:.1f}" for k in ("R@1", "R@5", "R@10")] for d, r in result["recall"].items()]
-    chance = 100.0 / result["samples"]
-    return (f"Retrieval over {result['samples']} held-out samples (chance R@1 ≈ {chance:.1f}):\n\n"
-            + _table(["direction", "R@1", "R@5", "R@10"], rows))
+    rows = [[_arrow(d)] + [f"{by_protocol[p][d][f'R@{k}']:.1f}" for p in by_protocol for k in (1, 5, 10)]
+            for d in by_protocol[next(iter(by_protocol))]]
+    n = result["samples"]
+    chance = ", ".join(f"R@{k} {100 * min(1.0, k / n):.1f}" for k in (1, 5, 10))
+    text = (f"Retrieval over {n} held-out samples, recall in % (chance, which is also the content-blind score: "
+            f"{chance}). emb: embedding similarity")
+    if "rerank" in by_protocol:
+        text += (f"; rerank{result['rerank']}: its top {result['rerank']} re-scored by similarity + the matching "
+                 f"head")
+    return text + f". Headline protocol (opt-eval's default): **{result.get('protocol', 'embedding')}**.\n\n" + _table(
+        header, rows)
+
+
+def matching_section(result: dict) -> str:
+    rows = [[way, f"{acc:.2f}", f"{result['content_blind_accuracy']:.2f}"] for way, acc in result["accuracy"].items()]
+    text = (f"Matching (5-way: matched, image swapped, audio swapped, both swapped together, both swapped apart) "
+            f"over {result['samples']} held-out samples; random negatives are other samples, hard ones the "
+            f"nearest by embedding:\n\n" + _table(["negatives", "accuracy", "content-blind"], rows))
+    aucs = [[pair] + [f"{v:.2f}" for v in by_way.values()] for pair, by_way in result["pair_auc"].items()]
+    ways = list(next(iter(result["pair_auc"].values())))
+    return text + "\n\nP(matched), true pair vs wrong pair (AUC; content-blind 0.50):\n\n" + _table(
+        ["pair"] + [f"AUC {w}" for w in ways], aucs)
+
+
+def attribute_section(by_source: dict) -> str:
+    rows = [[source, attr, f"{v['accuracy']:.2f}", f"{v['chance']:.2f}", f"{v['content_blind']:.2f}"]
+            for source, res in by_source.items() for attr, v in res["attributes"].items()
+            if attr in ("colour", "shape", "colour+shape", "position")]
+    if not rows:
+        return ""
+    n = next(iter(by_source.values()))["samples"]
+    return (f"Attributes the captions name right, over {n} single-object held-out images:\n\n"
+            + _table(["from", "attribute", "accuracy", "chance", "content-blind"], rows))
 
 
 def caption_section(result: dict) -> str:
@@ -57,6 +90,8 @@ def caption_section(result: dict) -> str:
         rows.append([source, f"{scores['BLEU-4']:.1f}", f"{scores['CIDEr']:.2f}", wer])
     text = (f"Captioning over {result['samples']} held-out samples:\n\n"
             + _table(["from", "BLEU-4", "CIDEr", "WER (%)"], rows))
+    if result.get("attributes") and attribute_section(result["attributes"]):
+        text += "\n\n" + attribute_section(result["attributes"])
     if result.get("examples"):
         ex = result["examples"][0]
         text += "\n\nFor example:\n\n```\n" + "\n".join(f"{k + ':':<12} {v}" for k, v in ex.items()) + "\n```"
@@ -70,7 +105,8 @@ def learning_section(result: dict, plot_link: str | None = None) -> str:
     return (f"`opt-bench learning`: {result['steps']} steps on {result['ranks']} rank(s), "
             f"{result['minutes']:.1f} min; loss of the first log window and the mean of the last three:\n\n"
             + _table(["task", "start", "end", "end/start"], rows)
-            + f"\n\nMatching accuracy (5-way, chance 0.20): {acc['start']:.2f} → {acc['end']:.2f}."
+            + f"\n\nTraining matching accuracy (5-way, on training batches): {acc['start']:.2f} → {acc['end']:.2f}"
+            + (f" (content-blind: {acc['content_blind']:.2f})." if acc.get("content_blind") is not None else ".")
             + (f"\n\n![per-task losses and matching accuracy over the run]({plot_link})" if plot_link else ""))
 
 
@@ -80,7 +116,8 @@ def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | No
     parts = []
     if run_dir is not None:
         parts.append(training_section(run_dir))
-    for name, section in (("retrieval.json", retrieval_section), ("caption.json", caption_section)):
+    for name, section in (("retrieval.json", retrieval_section), ("matching.json", matching_section),
+                          ("caption.json", caption_section)):
         path = eval_dir / name
         if path.is_file():
             parts.append(section(json.loads(path.read_text())))

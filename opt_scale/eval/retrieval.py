@@ -1,15 +1,18 @@
-"""Cross-modal retrieval with OPT's protocol: pre-rank, then re-rank by the head.
+"""Cross-modal retrieval: embedding ranking, and re-ranking by the matching head.
 
 Every direction among text, image and audio (and the paired queries
-text+audio -> image, image+audio -> text) is scored in two stages:
+text+audio -> image, image+audio -> text) is scored by two protocols, side
+by side:
 
-1. pre-ranking by cosine similarity of the towers' pooled embeddings (the
-   contrastive alignment task's projections; for a paired query, the sum of
-   both modalities' similarities): cheap for thousands of candidates;
-2. the ``rerank`` best candidates of each query are re-scored by the
-   matching head on the cross-modal encoding of (query, candidate), with the
-   unused modality left out, as the head saw during training. The score is
-   log P("matched").
+* ``embedding``: cosine similarity of the towers' pooled embeddings (the
+  contrastive task's projections; for a paired query, the sum of both
+  modalities' similarities), for every candidate;
+* ``rerank``: the ``rerank`` best candidates by embedding are re-scored by
+  ``logit_scale x similarity + log P("matched")`` of the matching head on the
+  cross-modal encoding of (query, candidate), the unused modality left out as
+  the head saw in training: the contrastive model's and the head's evidence
+  together (their log-probabilities add), never the head alone, which
+  throws the similarity away. The rest keep their embedding order below.
 
 A candidate is correct when it shows the query's image (image on either
 side), otherwise when it is the query's own narrative.
@@ -112,57 +115,78 @@ def pad_stack(items: list[tuple[torch.Tensor, torch.Tensor]], device, dtype) -> 
 
 
 @torch.no_grad()
+def triplet_logits(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int, int, int]],
+                   shown: tuple[str, ...], device, batch_size: int = 64) -> torch.Tensor:
+    """Matching-head logits [n, 5] of (text of t, image of i, audio of a) for
+    each (t, i, a) in ``triples``, only the ``shown`` modalities kept."""
+    from opt_scale.tasks.pretrainer import shown_pairs
+    dtype = next(net.parameters()).dtype
+    keep_row = torch.tensor([m in shown for m in MODALITIES], device=device)
+    logits = []
+    for start in range(0, len(triples), batch_size):
+        chunk = triples[start:start + batch_size]
+        towers = [pad_stack([data.towers[m][row[j]] for row in chunk], device, dtype)
+                  for j, m in enumerate(MODALITIES)]
+        keep = keep_row.expand(len(chunk), 3)
+        out = net.model.fuse(towers, keep)
+        index = torch.tensor(chunk)
+        e = {m: data.embeddings[m][index[:, j]] for j, m in enumerate(MODALITIES)}
+        sims = torch.stack([(e["text"] * e["image"]).sum(1), (e["text"] * e["audio"]).sum(1),
+                            (e["image"] * e["audio"]).sum(1)], dim=1).to(device)
+        logits.append(net.matching(out.cls, similarities=sims, shown_pairs=shown_pairs(keep)).float().cpu())
+    return torch.cat(logits) if logits else torch.zeros(0, 5)
+
+
 def matched_scores(net: OPTPretrainer, data: EncodedSet, pairs: list[tuple[int, int]],
                    query_mods: tuple[str, ...], target: str, device, batch_size: int = 64) -> torch.Tensor:
     """log P(matched) from the matching head for (query, candidate) pairs."""
-    dtype = next(net.parameters()).dtype
-    shown = set(query_mods) | {target}
-    keep_row = torch.tensor([m in shown for m in MODALITIES], device=device)
-    scores = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        towers = []
-        for m in MODALITIES:
-            source = [c if m == target else q for q, c in chunk]
-            towers.append(pad_stack([data.towers[m][i] for i in source], device, dtype))
-        keep = keep_row.expand(len(chunk), 3)
-        out = net.model.fuse(towers, keep)
-        logits = net.matching(out.cls)
-        scores.append(torch.log_softmax(logits.float(), -1)[:, MATCHED].cpu())
-    return torch.cat(scores) if scores else torch.zeros(0)
+    triples = [tuple(c if m == target else q for m in MODALITIES) for q, c in pairs]
+    logits = triplet_logits(net, data, triples, tuple(query_mods) + (target,), device, batch_size)
+    return torch.log_softmax(logits, -1)[:, MATCHED]
+
+
+PROTOCOLS = ("embedding", "rerank")
 
 
 def retrieval_scores(net: OPTPretrainer, data: EncodedSet, direction: str, rerank: int, device,
-                     rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """[N, N] scores: re-ranked top candidates lead, the rest keep their
-    similarity order behind them. Queries are split over ranks."""
+                     rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """[N, N] scores per protocol. ``rerank``: the top candidates re-scored
+    lead, the rest keep their similarity order behind them (absent when
+    ``rerank`` is 0). Queries are split over ranks."""
     query_mods, target = DIRECTIONS[direction]
     sims = sum(data.embeddings[m] @ data.embeddings[target].t() for m in query_mods)
-    scores = sims.clone()
+    out = {"embedding": sims}
     k = min(rerank, len(data))
     if k == 0:
-        return scores
+        return out
+    scale = float(net.contrastive.logit_scale())
     top = sims.topk(k, dim=1).indices
     mine = list(range(rank, len(data), world_size))
     pairs = [(q, int(c)) for q in mine for c in top[q]]
     head = matched_scores(net, data, pairs, query_mods, target, device)
-    offset = float(sims.max() - head.min() + 1) if len(head) else 0.0  # re-ranked above all the rest
-    local = torch.full_like(scores, float("nan"))
-    for (q, c), s in zip(pairs, head.tolist()):
-        local[q, c] = s + offset
+    combined = torch.tensor([scale * float(sims[q, c]) for q, c in pairs]) + head
+    local = torch.full_like(sims, float("nan"))
+    if len(pairs):
+        index = torch.tensor(pairs)
+        local[index[:, 0], index[:, 1]] = combined.to(local.dtype)
     if dist.is_initialized() and world_size > 1:
         gathered: list = [None] * world_size
         dist.all_gather_object(gathered, local)
         local = torch.stack(gathered).nan_to_num(float("-inf")).max(0).values
         local[torch.isneginf(local)] = float("nan")
-    return torch.where(torch.isnan(local), scores, local)
+    # Below every re-scored candidate, in their similarity order.
+    below = sims - sims.max() - 1 + torch.nan_to_num(local, nan=float("inf")).min()
+    out["rerank"] = torch.where(torch.isnan(local), below, local)
+    return out
 
 
 def evaluate_retrieval(net: OPTPretrainer, data: EncodedSet, rerank: int, device, ks=(1, 5, 10),
-                       rank: int = 0, world_size: int = 1) -> dict[str, dict[str, float]]:
-    results = {}
+                       rank: int = 0, world_size: int = 1) -> dict[str, dict[str, dict[str, float]]]:
+    """protocol -> direction -> {"R@k": percent}."""
+    results: dict = {}
     for direction, (query_mods, target) in DIRECTIONS.items():
-        scores = retrieval_scores(net, data, direction, rerank, device, rank, world_size)
-        recalls = recall_at_k(scores, correct_matrix(data, query_mods, target), ks)
-        results[direction] = {f"R@{k}": 100 * v for k, v in recalls.items()}
+        correct = correct_matrix(data, query_mods, target)
+        for protocol, scores in retrieval_scores(net, data, direction, rerank, device, rank, world_size).items():
+            recalls = recall_at_k(scores, correct, ks)
+            results.setdefault(protocol, {})[direction] = {f"R@{k}": 100 * v for k, v in recalls.items()}
     return results
