@@ -58,7 +58,7 @@ def demo_vq(demo_shards, demo_tokenizer, tmp_path_factory) -> Path:
     run_cli(["opt-train", "--task", "vq", "--config", "tiny", "--set",
              f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
              f"train.out_dir={out}", "train.steps=6", "train.micro_batch_size=8", "data.num_workers=0",
-             "train.log_every=2", "model.vq.codebook_size=256"], timeout=300)
+             "train.log_every=2"], timeout=300)
     return out / "vq.safetensors"
 
 
@@ -68,7 +68,7 @@ def trained_run(demo_shards, demo_tokenizer, demo_vq, tmp_path_factory) -> Path:
     only read its outputs (checkpoint, TensorBoard, export, evaluation)."""
     run = tmp_path_factory.mktemp("trained") / "run"
     overrides = [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
-                 f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256", f"train.out_dir={run}",
+                 f"model.vq.checkpoint={demo_vq}", f"train.out_dir={run}",
                  "train.log_every=1", "data.num_workers=1", "train.micro_batch_size=4", "train.checkpoint_every=0",
                  "train.steps=4", f"data.eval_shards={demo_shards / 'demo-index.json'}", "train.eval_every=4",
                  "train.eval_samples=8"]
@@ -97,7 +97,7 @@ def torchrun_args(nproc: int) -> list[str]:
 @pytest.fixture
 def tiny_overrides(demo_shards, demo_tokenizer, demo_vq, tmp_path) -> list[str]:
     return [f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
-            f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256",
+            f"model.vq.checkpoint={demo_vq}",
             f"train.out_dir={tmp_path / 'run'}", "train.log_every=1", "data.num_workers=1",
             "train.micro_batch_size=4", "train.checkpoint_every=0"]
 

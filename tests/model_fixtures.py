@@ -9,7 +9,7 @@ from opt_scale.data.config import DataConfig
 from opt_scale.data.loader import TrainLoader
 from opt_scale.data.sources import resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
-from opt_scale.model.vq import VQTokenizer
+from opt_scale.model.vq import VQTokenizer, build_vq
 from opt_scale.presets import tiny
 from opt_scale.tasks.pretrainer import OPTPretrainer
 
@@ -19,8 +19,11 @@ def small_config(vocab: int) -> RunConfig:
     for part in (cfg.model.text, cfg.model.vision, cfg.model.audio, cfg.model.cross, cfg.model.text_decoder,
                  cfg.model.image_decoder):
         part.layers, part.hidden, part.heads, part.ffn = 1, 32, 4, 64
+        # No dropout: runs that draw random numbers in another order (one rank vs
+        # two, hooks, a second forward) must compute the same losses.
+        part.dropout = 0.0
     cfg.model.text.vocab_size = vocab
-    cfg.model.vq.codebook_size = 64
+    cfg.model.vq.fsq_levels, cfg.model.vq.codebook_size = (4, 4, 4), 64
     cfg.model.vq.channels = 16
     cfg.model.audio.conv_channels = 8
     return cfg
@@ -28,7 +31,7 @@ def small_config(vocab: int) -> RunConfig:
 
 def random_vq(cfg: RunConfig, seed: int = 0) -> VQTokenizer:
     torch.manual_seed(seed)
-    return VQTokenizer(cfg.model.vq, cfg.model.vision.patch_size).eval().requires_grad_(False)
+    return build_vq(cfg.model).eval().requires_grad_(False)
 
 
 def small_pretrainer(cfg: RunConfig, seed: int = 0) -> OPTPretrainer:

@@ -59,7 +59,7 @@ def test_step_bench_runs_in_place_on_every_srun_task_and_rank0_reports(demo_shar
         cmd = [str(BIN / "opt-bench"), "step", "--shards", str(demo_shards / "demo-index.json"), "--tokenizer",
                str(demo_tokenizer), "--steps", "2", "--warmup", "1", "--data-workers", "0",
                "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / f"step{rank}.json"),
-               "--set", "train.micro_batch_size=4", "model.vq.codebook_size=256"]
+               "--set", "train.micro_batch_size=4"]
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     for proc in procs:
@@ -85,7 +85,7 @@ def test_scaling_bench_measures_state_of_each_engine(demo_shards, demo_tokenizer
     run_cli(["opt-bench", "scaling", "--world-sizes", "1", "--ds-configs", "zero3_cpu,ddp", "--steps", "1",
              "--warmup", "1", "--shards", str(demo_shards / "demo-index.json"), "--tokenizer", str(demo_tokenizer),
              "--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(tmp_path / "scaling.png"),
-             "--set", "train.micro_batch_size=4", "data.num_workers=0", "model.vq.codebook_size=256"],
+             "--set", "train.micro_batch_size=4", "data.num_workers=0"],
             timeout=300, env={"PYTHONWARNINGS": "ignore"})
     result = read(out)
     rows = {r["ds_config"]: r for r in result["rows"]}

@@ -53,20 +53,19 @@ def test_three_shards_two_ranks_two_workers_yield_equal_batches(demo_shards, dem
 def test_batches_hold_every_task_input(demo_shards, demo_tokenizer):
     b = next(make_loader(demo_shards, demo_tokenizer, 0, 1, 0))
     B = 4
-    assert b["pixels"].shape == (B, 3, 64, 64) and b["pixels"].dtype == torch.uint8
+    assert b["pixels"].shape == (B, 3, 128, 128) and b["pixels"].dtype == torch.uint8
     assert b["mel"].shape[0] == B and b["mel"].shape[2] == 80
     assert (b["mel_len"] <= b["mel"].shape[1]).all()
     assert b["text_ids"].shape == b["mlm_input_ids"].shape == b["mlm_labels"].shape
-    kept_text = b["modality_keep"][:, 0]
-    assert ((b["mlm_labels"] != -100).sum(1)[kept_text] >= 1).all()      # at least one masked token
-    assert ((b["mlm_labels"] != -100).sum(1)[~kept_text] == 0).all()     # none where text is dropped
+    # Every row has its MLM labels (the model ignores those of a dropped text, see pretrainer.ignore_unless).
+    assert ((b["mlm_labels"] != -100).sum(1) >= 1).all()
     assert b["modality_keep"].any(1).all()                               # never all three dropped
+    assert b["mvm_mask"].any(1).all() and b["mam_mask"].any(1).all()     # drawn for every row
+    assert not b["dtr_keep"][:, 0].any() and not b["dir_keep"][:, 1].any()  # decoders never see their target
+    assert b["image_uid"].dtype == torch.int64 and len(set(b["image_uid"].tolist())) >= 2
+    assert ((b["match_u"] >= 0) & (b["match_u"] < 1)).all() and b["match_u"].shape == (B, 2)
     for i, label in enumerate(b["match_label"].tolist()):
-        img, aud = int(b["match_image_src"][i]), int(b["match_audio_src"][i])
-        cls = {(False, False): 4, (True, False): 1, (False, True): 2}.get((img != i, aud != i))
-        if cls is None:
-            cls = 0 if img == aud else 3
-        keep = b["match_keep"][i]
+        cls, keep = int(b["match_class"][i]), b["match_keep"][i]
         if keep.all():
             assert label == cls
         else:  # one modality left out: the label says whether the remaining pair agrees

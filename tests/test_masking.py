@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from opt_scale.data.masking import PAIR_LABELS as PAIR
-from opt_scale.data.masking import (IGNORE_INDEX, matching_class, matching_sources, mlm_mask, modality_keep,
-                                    sample_rng, token_mask)
+from opt_scale.data.masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, mlm_mask,
+                                    modality_keep, sample_rng, token_mask)
 from opt_scale.tasks.config import MatchingConfig, MLMConfig
 
 SPECIAL = frozenset({0, 1, 2, 3, 4})
@@ -52,16 +52,44 @@ def test_modality_masking_rate_and_never_all_three():
     assert (~keeps).mean(0) == pytest.approx([(0.3 - 0.027) / 0.973] * 3, abs=0.03)
 
 
-def test_matching_classes_are_uniform_and_sources_consistent():
+def test_matching_classes_are_uniform():
     classes = [matching_class(sample_rng(0, 0, f"c{k}", "matching"), MatchingConfig()) for k in range(5000)]
     assert np.bincount(classes, minlength=5) / 5000 == pytest.approx([0.2] * 5, abs=0.025)
-    rngs = [sample_rng(0, 0, f"b{k}", "matching") for k in range(5)]
-    image_src, audio_src = matching_sources([0, 1, 2, 3, 4], rngs)
-    assert image_src[0] == audio_src[0] != 0
-    assert image_src[1] != 1 and audio_src[1] == 1
-    assert image_src[2] == 2 and audio_src[2] != 2
-    assert image_src[3] != 3 and audio_src[3] != 3 and image_src[3] != audio_src[3]
-    assert image_src[4] == audio_src[4] == 4
+
+
+@pytest.mark.parametrize("target", [TEXT, IMAGE])
+def test_decoder_memory_never_shows_its_target(target):
+    keeps = np.array([decoder_view_keep(sample_rng(0, 0, f"d{k}", "dtr"), target, 0.3) for k in range(3000)])
+    assert not keeps[:, target].any()
+    others = [m for m in (TEXT, IMAGE, AUDIO) if m != target]
+    assert keeps[:, others].any(1).all()      # never an empty memory
+    assert (~keeps[:, others]).mean(0) == pytest.approx([0.3, 0.3], abs=0.03)
+
+
+def test_partners_follow_the_class_and_never_share_the_image():
+    import torch
+
+    from opt_scale.tasks.matching import mine_partners
+    g = torch.Generator().manual_seed(0)
+    N = 12
+    emb = {m: torch.nn.functional.normalize(torch.randn(N, 8, generator=g), dim=1) for m in ("text", "image", "audio")}
+    uids = torch.arange(N)
+    uids[5] = uids[4]                                   # two narratives of one image
+    classes = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 3, 3])
+    for hard in (False, True):
+        p = mine_partners(emb, torch.ones(N, 3, dtype=torch.bool), uids, 0, classes,
+                          torch.ones(N, 3, dtype=torch.bool), torch.rand(N, 2, generator=g), torch.tensor(10.0), hard)
+        own = torch.arange(N)
+        for i, c in enumerate(classes.tolist()):
+            img, aud = int(p.image[i]), int(p.audio[i])
+            assert (img != i) == (c in (0, 1, 3)) and (aud != i) == (c in (0, 2, 3)), (i, c)
+            if c == 0:
+                assert img == aud                       # swapped together: one other sample's pair
+            if c == 3:
+                assert img != aud                       # swapped apart
+            for row in (img, aud):
+                assert row == i or uids[row] != uids[i]  # never the same image under another narrative
+        assert torch.equal(p.image[classes == 4], own[classes == 4])
 
 
 def test_draws_depend_on_seed_epoch_and_key_only():

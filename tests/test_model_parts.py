@@ -64,21 +64,21 @@ def test_cross_encoder_ignores_padding_and_dropped_modalities():
     iv = torch.ones(B, 4, dtype=torch.bool)
     av = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
     full, packed, lengths = cross(text, tv, image, iv, audio, av)
-    out = CrossModalEncoder.split(full, packed, lengths, 5, 4)
+    out = cross.split(full, packed, lengths, 5, 4)
     assert lengths.tolist() == [1 + 3 + 4 + 6, 1 + 5 + 4 + 2]
     # Changing padded tokens changes nothing valid.
     text2 = text.clone()
     text2[0, 3:] = 100.0
     audio2 = audio.clone()
     audio2[1, 2:] = -100.0
-    out2 = CrossModalEncoder.split(*cross(text2, tv, image, iv, audio2, av), 5, 4)
+    out2 = cross.split(*cross(text2, tv, image, iv, audio2, av), 5, 4)
     assert torch.allclose(out.cls, out2.cls, **TOL)
     assert torch.allclose(out.text[0, :3], out2.text[0, :3], **TOL)
     assert (out.text[0, 3:] == 0).all()
     # Dropping a modality equals never having it.
     no_audio = torch.zeros_like(av)
-    a = CrossModalEncoder.split(*cross(text, tv, image, iv, audio, no_audio), 5, 4)
-    b = CrossModalEncoder.split(*cross(text, tv, image, iv, audio[:, :1] * 0, no_audio[:, :1]), 5, 4)
+    a = cross.split(*cross(text, tv, image, iv, audio, no_audio), 5, 4)
+    b = cross.split(*cross(text, tv, image, iv, audio[:, :1] * 0, no_audio[:, :1]), 5, 4)
     assert torch.allclose(a.cls, b.cls, **TOL) and torch.allclose(a.image, b.image, **TOL)
 
 
@@ -91,8 +91,8 @@ def test_packed_cross_encoder_matches_unpacked_per_sample():
     tv = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     iv = torch.ones(2, 4, dtype=torch.bool)
     av = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6], dtype=torch.bool)
-    batched = CrossModalEncoder.split(*cross(text, tv, image, iv, audio, av), 5, 4)
-    single = CrossModalEncoder.split(*cross(text[:1, :2], tv[:1, :2], image[:1], iv[:1], audio[:1, :3],
+    batched = cross.split(*cross(text, tv, image, iv, audio, av), 5, 4)
+    single = cross.split(*cross(text[:1, :2], tv[:1, :2], image[:1], iv[:1], audio[:1, :3],
                                             av[:1, :3]), 2, 4)
     assert torch.allclose(batched.cls[0], single.cls[0], **TOL)
     assert torch.allclose(batched.audio[0, :3], single.audio[0], **TOL)

@@ -47,7 +47,8 @@ def masked_head_reference(head, hidden, labels):
 def test_mlm_loss_and_labels(run):
     cfg, net, batch, cap, out = run
     (hidden, labels), _, _ = cap["mlm"]
-    assert torch.equal(labels, batch["mlm_labels"])
+    text_shown = batch["modality_keep"][:, 0:1]
+    assert torch.equal(labels, batch["mlm_labels"].masked_fill(~text_shown, -100))
     assert (labels != -100).sum() > 0
     assert rel_err(out["loss/mlm"], masked_head_reference(net.mlm, hidden, labels)) < REL
 
@@ -56,15 +57,16 @@ def test_mvm_predicts_the_vq_code_of_each_masked_patch(run):
     cfg, net, batch, cap, out = run
     (hidden, labels), _, _ = cap["mvm"]
     codes = net.vq.codes(batch["pixels"])
-    assert torch.equal(labels[batch["mvm_mask"]], codes[batch["mvm_mask"]])
-    assert (labels[~batch["mvm_mask"]] == -100).all()
+    mask = batch["mvm_mask"] & batch["modality_keep"][:, 1:2]   # masked patches of the shown images
+    assert mask.any() and torch.equal(labels[mask], codes[mask])
+    assert (labels[~mask] == -100).all()
     assert rel_err(out["loss/mvm"], masked_head_reference(net.mvm, hidden, labels)) < REL
 
 
 def test_mam_infonce_against_a_loop(run):
     cfg, net, batch, cap, out = run
     (hidden, targets, mask), _, _ = cap["mam"]
-    assert torch.equal(mask, batch["mam_mask"]) and mask.sum() > 1
+    assert torch.equal(mask, batch["mam_mask"] & batch["modality_keep"][:, 2:3]) and mask.sum() > 1
     pred = net.mam.project(hidden[mask]).double()
     true = targets[mask].double()
     tau = cfg.tasks.mam.temperature
@@ -109,7 +111,8 @@ def test_dir_predicts_all_codes_after_bos(run):
 
 def test_matching_five_way_cross_entropy(run):
     cfg, net, batch, cap, out = run
-    (cls, labels), _, (loss, acc, logits) = cap["matching"]
+    (cls, labels, similarities, shown), _, (loss, acc, logits) = cap["matching"]
+    assert similarities.shape == shown.shape == (len(labels), 3)
     assert torch.equal(labels, batch["match_label"]) and logits.shape == (len(labels), 5)
     assert rel_err(out["loss/matching"], F.cross_entropy(logits.double(), labels)) < REL
     assert float(acc) == pytest.approx((logits.argmax(1) == labels).float().mean().item())
@@ -117,17 +120,21 @@ def test_matching_five_way_cross_entropy(run):
 
 def test_contrastive_alignment_against_explicit_infonce(run):
     cfg, net, batch, cap, out = run
-    (towers, present), _, _ = cap["contrastive"]
+    (towers, present, uid), _, _ = cap["contrastive"]
+    assert cfg.tasks.contrastive.pool == "max"
     head = net.contrastive
     emb = {}
     for m, (tokens, valid) in towers.items():
-        pooled = torch.stack([tokens[i][valid[i]].mean(0) for i in range(len(tokens))])
+        pooled = torch.stack([tokens[i][valid[i]].max(0).values for i in range(len(tokens))])
         emb[m] = F.normalize(head.proj[m](pooled).double(), dim=-1)
     scale = float(head.log_scale.detach().exp())
     total = 0.0
     for a, b in (("text", "image"), ("text", "audio"), ("image", "audio")):
         sims = scale * emb[a] @ emb[b].t()
         n = len(sims)
+        # Two narratives of one image are not each other's negatives.
+        twin = (uid[:, None] == uid[None, :]) & ~torch.eye(n, dtype=torch.bool)
+        sims = sims.masked_fill(twin, float("-inf"))
         i2t = -sum(sims[i, i] - torch.logsumexp(sims[i], 0) for i in range(n)) / n
         t2i = -sum(sims[i, i] - torch.logsumexp(sims[:, i], 0) for i in range(n)) / n
         total += (i2t + t2i) / 2

@@ -214,7 +214,7 @@ def test_pretrain_sbatch_checkpoints_on_usr1_requeues_and_resumes_to_the_end(
            # the port the script derives from it): pick a free one.
            "MASTER_PORT": str(free_port_block(1, start=31000)), "OPT_OVERRIDES": " ".join([
         f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
-        f"model.vq.checkpoint={demo_vq}", "model.vq.codebook_size=256", f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=0", "train.micro_batch_size=4",
+        f"model.vq.checkpoint={demo_vq}", f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=0", "train.micro_batch_size=4",
         "data.num_workers=0"])}
     # --time well above the script's 600 s signal lead: the only USR1 is ours.
     sbatch = subprocess.Popen(["sbatch", "--wait", *LOCAL_RESOURCES, "--time=00:30:00", f"--output={job_log}",

@@ -36,13 +36,23 @@ def test_two_rank_zero3_training_writes_checkpoint_and_tensorboard(trained_run):
     assert acc.Tags()["images"] == ["eval/text_to_image"]
 
 
-def test_vq_command_writes_a_loadable_tokenizer(demo_vq):
+def test_vq_command_writes_a_loadable_tokenizer_and_reports_it(demo_vq):
     from opt_scale.model.vq_io import load_vq
-    vq = load_vq(demo_vq, expect_patch_size=8)
+    from opt_scale.presets import tiny
+    grid = tiny().model.patch_grid
+    vq = load_vq(demo_vq, expect_grid=grid)
     import torch
-    codes = vq.codes(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
-    assert codes.shape == (2, 64) and int(codes.max()) < 256
+    codes = vq.codes(torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8))
+    assert codes.shape == (2, grid * grid) and int(codes.max()) < vq.quantizer.codebook_size == 1000
     assert not any(p.requires_grad for p in vq.parameters())
+    # The end-of-training report: originals over reconstructions, as a PNG and in TensorBoard.
+    from PIL import Image
+    picture = Image.open(demo_vq.parent / "vq_reconstructions.png")
+    assert picture.size == (8 * vq.cfg.image_size, 2 * vq.cfg.image_size)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(demo_vq.parent / "tensorboard")).Reload()
+    assert "vq/reconstructions" in acc.Tags()["images"]
+    assert {"vq/psnr_db", "vq/eval_psnr_db"} <= set(acc.Tags()["scalars"])
 
 
 def test_pretraining_without_a_vq_checkpoint_is_refused_by_name(demo_shards, demo_tokenizer, tmp_path):

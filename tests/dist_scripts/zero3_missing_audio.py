@@ -23,7 +23,7 @@ VOCAB = 60
 
 def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
     g = torch.Generator().manual_seed(seed)
-    L, T = 12, 80
+    L, T, S = 12, 80, cfg.model.vision.image_size
     text = torch.randint(5, VOCAB, (B, L), generator=g)
     text[:, 0], text[:, -1] = 2, 3
     text_len = torch.full((B,), L)
@@ -44,10 +44,12 @@ def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
         mam = torch.zeros(B, cfg.model.audio.tokens_for_frames(4), dtype=torch.bool)
         keep[:, 2] = False
     return {"text_ids": text, "text_len": text_len, "mlm_input_ids": mlm_input, "mlm_labels": mlm_labels,
-            "pixels": torch.randint(0, 256, (B, 3, 64, 64), dtype=torch.uint8, generator=g), "mel": mel,
+            "pixels": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g), "mel": mel,
             "mel_len": mel_len, "modality_keep": keep, "mvm_mask": mvm, "mam_mask": mam,
-            "match_label": torch.tensor([4, 1, 2, 0][:B]), "match_image_src": torch.tensor([0, 2, 2, 0][:B]),
-            "match_audio_src": torch.tensor([0, 1, 3, 0][:B]), "match_keep": torch.ones(B, 3, dtype=torch.bool)}
+            "image_uid": torch.arange(B) + 100 * seed, "dtr_keep": torch.tensor([[False, True, True]] * B),
+            "dir_keep": torch.tensor([[True, False, True]] * B), "match_class": torch.tensor([4, 1, 2, 0][:B]),
+            "match_label": torch.tensor([4, 1, 2, 0][:B]), "match_keep": torch.ones(B, 3, dtype=torch.bool),
+            "match_u": torch.rand(B, 2, generator=g)}
 
 
 def main(out_path: str) -> None:
@@ -60,6 +62,10 @@ def main(out_path: str) -> None:
     from opt_scale.tasks.pretrainer import OPTPretrainer
 
     cfg = small_config(VOCAB)
+    # Each rank's own rows as contrastive and matching candidates: the global
+    # batch of two ranks is then the same as two accumulated micro-batches
+    # (gathering across ranks is tested in test_contrastive_gather.py).
+    cfg.tasks.contrastive.gather = False
     accum = 2 if env.world_size == 1 else 1
     train = TrainConfig(micro_batch_size=4, grad_accum=accum, ds_config="zero3_cpu", precision="fp32",
                         lr=1e-3, warmup_steps=0, grad_clip=1.0)
