@@ -159,7 +159,7 @@ def retrieval_scores(net: OPTPretrainer, data: EncodedSet, direction: str, reran
     k = min(rerank, len(data))
     if k == 0:
         return out
-    scale = float(net.contrastive.logit_scale())
+    scale = float(net.contrastive.logit_scale().detach())
     top = sims.topk(k, dim=1).indices
     mine = list(range(rank, len(data), world_size))
     pairs = [(q, int(c)) for q in mine for c in top[q]]

@@ -46,7 +46,7 @@ class ConvStem(nn.Module):
 
 class VisionEncoder(TokenTower):
     def __init__(self, cfg: VisionConfig, out_hidden: int):
-        super().__init__(cfg, cfg.num_patches, out_hidden, maskable=True)
+        super().__init__(cfg, cfg.num_patches, out_hidden, maskable=True, grid=cfg.image_size // cfg.patch_size)
         self.patch_size = cfg.patch_size
         if cfg.stem == "conv":
             self.stem = ConvStem(cfg.patch_size, cfg.hidden)
