@@ -74,3 +74,25 @@ def test_demo_captions_fit_the_tiny_text_length_whole(demo_tokenizer, demo_raw):
     limit = tiny().model.text.max_len
     for r in _records(demo_raw):
         assert len(tok.sp.encode(r["caption"].lower())) + 2 <= limit
+
+
+def test_demo_input_must_be_in_the_localized_narratives_layout(tmp_path):
+    import pytest
+
+    from opt_scale.demo import RawInput
+    with pytest.raises(SystemExit, match="no annotations.jsonl"):
+        RawInput.from_dir(tmp_path)
+    (tmp_path / "annotations.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="no images/ directory"):
+        RawInput.from_dir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "audio").mkdir()
+    raw = RawInput.from_dir(tmp_path)
+    assert raw.annotations == [str(tmp_path / "annotations.jsonl")] and raw.audio == tmp_path / "audio"
+
+
+def test_lengths_are_sized_to_the_data(demo_shards, demo_tokenizer):
+    from opt_scale.demo import size_from_data
+    sized = size_from_data(demo_shards / "demo-index.json", demo_tokenizer)
+    assert sized["model.text.max_len"] % 8 == 0 and 16 <= sized["model.text.max_len"] <= 128
+    assert 1.0 <= sized["model.audio.max_seconds"] <= 15.0 and (2 * sized["model.audio.max_seconds"]) % 1 == 0

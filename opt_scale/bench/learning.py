@@ -24,6 +24,7 @@ from .events import read_scalars
 from .report import plot_lines, print_table
 
 TASKS = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
+DROPOUT_PARTS = ("text", "vision", "audio", "cross", "text_decoder", "image_decoder")
 
 
 def add_arguments(p) -> None:
@@ -34,6 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out-dir", default="runs/bench/learning", help="the training run's directory")
     p.add_argument("--ablate", action="append", default=[], choices=TASKS, metavar="TASK",
                    help=f"train without this task (weight 0; repeatable): one of {', '.join(TASKS)}")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout of every tower and decoder (the demo's 0; the presets' is the paper's 0.1)")
     p.add_argument("--eval-samples", type=int, default=0, help="held-out samples evaluated (0: all)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the run")
@@ -54,7 +57,9 @@ def run(args) -> dict:
     marker.touch()
     overrides = assets.overrides() + [f"train.steps={args.steps}", f"train.out_dir={out}", "train.log_every=25",
                                       "train.checkpoint_every=0", "data.num_workers=1",
-                                      *(f"tasks.{t}.weight=0" for t in args.ablate), *args.overrides]
+                                      *(f"tasks.{t}.weight=0" for t in args.ablate),
+                                      *(f"model.{part}.dropout={args.dropout}" for part in DROPOUT_PARTS),
+                                      *args.overrides]
     if args.ranks > 1:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={args.ranks}",
                "-m", "opt_scale.cli.train"]

@@ -107,7 +107,24 @@ def learning_section(result: dict, plot_link: str | None = None) -> str:
             + _table(["task", "start", "end", "end/start"], rows)
             + f"\n\nTraining matching accuracy (5-way, on training batches): {acc['start']:.2f} → {acc['end']:.2f}"
             + (f" (content-blind: {acc['content_blind']:.2f})." if acc.get("content_blind") is not None else ".")
+            + (held_out_section(result["held_out"]) if result.get("held_out") else "")
             + (f"\n\n![per-task losses and matching accuracy over the run]({plot_link})" if plot_link else ""))
+
+
+def held_out_section(held: dict) -> str:
+    """What the longer run's final checkpoint does on the held-out samples."""
+    recall = held["retrieval"]
+    r5 = {p: [v["R@5"] for v in recall[p].values()] for p in recall}
+    text = (f"\n\nOn the {held['samples']} held-out samples after it: retrieval R@5 "
+            + "; ".join(f"{p} {min(v):.1f}-{max(v):.1f}" for p, v in r5.items())
+            + f" over the eight directions (chance {100 * min(1.0, 5 / held['samples']):.1f}).")
+    m = held["matching"]
+    text += (f" Matching: {m['accuracy']['random']:.2f} with random negatives, {m['accuracy']['hard']:.2f} with "
+             f"hard ones (content-blind {m['content_blind_accuracy']:.2f}).")
+    attrs = held["caption_image_attributes"]
+    if attrs.get("attributes"):
+        text += "\n\n" + attribute_section({"image (greedy)": attrs})
+    return text
 
 
 def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | None = None,

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .config import CrossConfig
-from .layers import INIT_STD, EncoderStack, Packing
+from .layers import INIT_STD, EncoderStack, Packing, masked_max
 
 @dataclass
 class CrossOutput:
@@ -24,12 +24,6 @@ class CrossOutput:
     audio: torch.Tensor        # [B, Ta, D]
     memory: torch.Tensor       # packed [B, Lmax, D]: what decoders attend to
     memory_lengths: torch.Tensor  # [B]
-
-
-def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Feature-wise max over the valid tokens [B, L, D] -> [B, D] (zeros for a row with none)."""
-    out = x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).max(1).values
-    return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))
 
 
 class CrossModalEncoder(nn.Module):

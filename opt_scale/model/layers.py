@@ -192,3 +192,15 @@ class EncoderStack(nn.Module):
         for block in self.blocks:
             x = block(x, key_lengths, segments, allowed_pairs, packing=packing)
         return self.norm(x)
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid tokens [B, L, D] -> [B, D] (zeros for a row with none)."""
+    w = valid.to(x.dtype)[..., None]
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Feature-wise max over the valid tokens [B, L, D] -> [B, D] (zeros for a row with none)."""
+    out = x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).max(1).values
+    return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))

@@ -22,24 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from opt_scale.model.layers import Linear
+from opt_scale.model.layers import Linear, masked_max, masked_mean
 
 from .config import ContrastiveConfig
 from .gather import gather_rows, row_offset, world_size
 
 MODALITIES = ("text", "image", "audio")
 PAIRS = (("text", "image"), ("text", "audio"), ("image", "audio"))
-
-
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    w = valid.to(x.dtype)[..., None]
-    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
-
-
-def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Feature-wise max over the valid tokens (zeros for a row with none)."""
-    out = x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).max(1).values
-    return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))
 
 
 POOLS = {"max": masked_max, "mean": masked_mean}
@@ -52,7 +41,6 @@ class ContrastiveHead(nn.Module):
         self.proj = nn.ModuleDict({m: Linear(hidden, cfg.dim) for m in MODALITIES})
         # Shape [1], not a scalar: ZeRO-3 cannot partition 0-dim parameters.
         self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / cfg.init_temperature)))
-
 
     def embed(self, modality: str, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Unit-norm sample embedding of one modality (also used for retrieval)."""
