@@ -93,7 +93,8 @@ def run(args) -> dict:
     content = held_out_content(out, assets.heldout, args.eval_samples)
     ok = all(r["end/start"] < 0.9 for r in rows if r["task"] not in args.ablate) and acc_end > 0.3
     return {"ok": ok, "steps": args.steps, "ranks": args.ranks, "minutes": minutes, "ablate": args.ablate,
-            "tasks": rows, "matching_accuracy": {"start": acc_start, "end": acc_end, "content_blind": blind}, "held_out": content}
+            "tasks": rows, "matching_accuracy": {"start": acc_start, "end": acc_end, "content_blind": blind},
+            "held_out": content}
 
 
 def held_out_content(run_dir: Path, heldout: Path, max_samples: int) -> dict:

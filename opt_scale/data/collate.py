@@ -17,7 +17,7 @@ from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
-from .masking import (AUDIO, IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, matching_uniforms,
+from .masking import (IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, matching_uniforms,
                       matching_view, mlm_mask, modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
 
@@ -65,7 +65,8 @@ class Collator:
             mam_mask=token_mask(rng("mam"), audio_tokens, audio_tokens, t.mam.prob),
             dtr_keep=decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob),
             dir_keep=decoder_view_keep(rng("dir"), IMAGE, t.dir.drop_prob),
-            match_class=match_class, match_label=match_label, match_keep=match_keep, match_u=matching_uniforms(match_rng))
+            match_class=match_class, match_label=match_label, match_keep=match_keep,
+            match_u=matching_uniforms(match_rng))
 
     def assemble(self, samples: list[DecodedSample], draws: list[SampleDraws]) -> dict:
         """Pad and stack the samples and their draws into one batch."""

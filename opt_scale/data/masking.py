@@ -72,7 +72,6 @@ def matching_class(rng: np.random.Generator, cfg: MatchingConfig) -> int:
 
 
 MATCHED = 4
-NUM_CLASSES = 5
 # With one modality left out, a 5-way label reduces to "the remaining pair
 # agrees" (MATCHED) or the class naming the pair's mismatch.
 PAIR_LABELS = {
@@ -96,7 +95,7 @@ def decoder_view_keep(rng: np.random.Generator, target: int, prob: float) -> np.
     """Modalities a decoder's memory shows: never ``target`` (the modality it
     rebuilds), so it cannot copy its answer. Of the other two, as the public
     OPT code: the first dropped whole with ``prob``, else the second dropped
-    whole with ``prob``, else both shown (token-masked as in the masked view)."""
+    whole with ``prob``, else both shown (unmasked: see tasks/pretrainer.py)."""
     keep = np.ones(3, dtype=bool)
     keep[target] = False
     first, second = [m for m in (TEXT, IMAGE, AUDIO) if m != target]

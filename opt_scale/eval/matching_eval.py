@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from opt_scale.tasks.config import MATCHING_CLASSES
+from opt_scale.tasks.contrastive import PAIRS
 
-from .retrieval import MODALITIES, EncodedSet, triplet_logits
-
-PAIR_NAMES = (("text", "image"), ("text", "audio"), ("image", "audio"))
+from .retrieval import MODALITIES, EncodedSet, triplet_logits, triplet_matched
 
 
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -35,14 +34,19 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
+def other_images(data: EncodedSet) -> torch.Tensor:
+    """[N, N] bool: sample j shows another image than sample i (a valid negative)."""
+    ids = np.array(data.image_ids)
+    return torch.from_numpy(ids[:, None] != ids[None, :])
+
+
 def negatives(data: EncodedSet, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """way -> what is swapped in -> [N]: for each sample, the sample whose image
     ("image"), audio ("audio"), image and audio together ("pair"), or audio
     apart from the swapped image ("apart_audio") it is shown with; never a
     sample of its own image."""
     n = len(data)
-    ids = np.array(data.image_ids)
-    other = torch.from_numpy(ids[:, None] != ids[None, :])
+    other = other_images(data)
     e = data.embeddings
     sim = {(a, b): e[a] @ e[b].t() for a in MODALITIES for b in MODALITIES}
     scores = {"image": sim["text", "image"] + sim["audio", "image"],   # an image passing for the text + audio
@@ -88,22 +92,16 @@ def evaluate_matching(net, data: EncodedSet, device, seed: int = 0) -> dict:
         result["accuracy"][name] = float((pred == labels).mean())
         result["per_class_accuracy"][name] = {c: float((pred[labels == k] == k).mean())
                                               for k, c in enumerate(MATCHING_CLASSES)}
-    ids = np.array(data.image_ids)
-    other = torch.from_numpy(ids[:, None] != ids[None, :])
+    other = other_images(data)
     rng = np.random.default_rng(seed + 1)
-    for a, b in PAIR_NAMES:
+    for a, b in PAIRS:
         # Wrong pairs keep the first modality and take the second from another image's sample.
         sims = (data.embeddings[a] @ data.embeddings[b].t()).masked_fill(~other, float("-inf"))
         wrong = {"hard": sims.argmax(1).numpy(),
                  "random": np.array([rng.choice(np.flatnonzero(other[i].numpy())) for i in range(n)])}
-        pos = _matched(net, data, [(i, i, i) for i in range(n)], (a, b), device)
+        pos = triplet_matched(net, data, [(i, i, i) for i in range(n)], (a, b), device).numpy()
         result["pair_auc"][f"{a}-{b}"] = {
-            name: auc(pos, _matched(net, data, [tuple(int(j[i]) if m == b else i for m in MODALITIES)
-                                                for i in range(n)], (a, b), device))
+            name: auc(pos, triplet_matched(net, data, [tuple(int(j[i]) if m == b else i for m in MODALITIES)
+                                                        for i in range(n)], (a, b), device).numpy())
             for name, j in wrong.items()}
     return result
-
-
-def _matched(net, data, triples, shown, device) -> np.ndarray:
-    from opt_scale.data.masking import MATCHED
-    return torch.log_softmax(triplet_logits(net, data, triples, shown, device), -1)[:, MATCHED].numpy()

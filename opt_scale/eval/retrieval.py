@@ -119,6 +119,7 @@ def triplet_logits(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int
                    shown: tuple[str, ...], device, batch_size: int = 64) -> torch.Tensor:
     """Matching-head logits [n, 5] of (text of t, image of i, audio of a) for
     each (t, i, a) in ``triples``, only the ``shown`` modalities kept."""
+    from opt_scale.tasks.heads import pair_cosines
     from opt_scale.tasks.pretrainer import shown_pairs
     dtype = next(net.parameters()).dtype
     keep_row = torch.tensor([m in shown for m in MODALITIES], device=device)
@@ -130,19 +131,22 @@ def triplet_logits(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int
         keep = keep_row.expand(len(chunk), 3)
         out = net.model.fuse(towers, keep)
         index = torch.tensor(chunk)
-        e = {m: data.embeddings[m][index[:, j]] for j, m in enumerate(MODALITIES)}
-        sims = torch.stack([(e["text"] * e["image"]).sum(1), (e["text"] * e["audio"]).sum(1),
-                            (e["image"] * e["audio"]).sum(1)], dim=1).to(device)
+        sims = pair_cosines(*(data.embeddings[m][index[:, j]] for j, m in enumerate(MODALITIES))).to(device)
         logits.append(net.matching(out.cls, similarities=sims, shown_pairs=shown_pairs(keep)).float().cpu())
     return torch.cat(logits) if logits else torch.zeros(0, 5)
+
+
+def triplet_matched(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int, int, int]],
+                    shown: tuple[str, ...], device, batch_size: int = 64) -> torch.Tensor:
+    """log P(matched) of each (t, i, a) in ``triples`` (see :func:`triplet_logits`)."""
+    return torch.log_softmax(triplet_logits(net, data, triples, shown, device, batch_size), -1)[:, MATCHED]
 
 
 def matched_scores(net: OPTPretrainer, data: EncodedSet, pairs: list[tuple[int, int]],
                    query_mods: tuple[str, ...], target: str, device, batch_size: int = 64) -> torch.Tensor:
     """log P(matched) from the matching head for (query, candidate) pairs."""
     triples = [tuple(c if m == target else q for m in MODALITIES) for q, c in pairs]
-    logits = triplet_logits(net, data, triples, tuple(query_mods) + (target,), device, batch_size)
-    return torch.log_softmax(logits, -1)[:, MATCHED]
+    return triplet_matched(net, data, triples, tuple(query_mods) + (target,), device, batch_size)
 
 
 PROTOCOLS = ("embedding", "rerank")
@@ -164,11 +168,10 @@ def retrieval_scores(net: OPTPretrainer, data: EncodedSet, direction: str, reran
     mine = list(range(rank, len(data), world_size))
     pairs = [(q, int(c)) for q in mine for c in top[q]]
     head = matched_scores(net, data, pairs, query_mods, target, device)
-    combined = torch.tensor([scale * float(sims[q, c]) for q, c in pairs]) + head
     local = torch.full_like(sims, float("nan"))
     if len(pairs):
-        index = torch.tensor(pairs)
-        local[index[:, 0], index[:, 1]] = combined.to(local.dtype)
+        q, c = torch.tensor(pairs).unbind(1)
+        local[q, c] = (scale * sims[q, c] + head).to(local.dtype)
     if dist.is_initialized() and world_size > 1:
         gathered: list = [None] * world_size
         dist.all_gather_object(gathered, local)

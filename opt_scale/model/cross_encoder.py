@@ -30,11 +30,11 @@ class CrossModalEncoder(nn.Module):
     def __init__(self, cfg: CrossConfig):
         super().__init__()
         self.cls = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD)
-        # One summary token per shown modality: the feature-wise max of its
-        # tokens (+ a learned marker). What the whole image or recording
-        # holds is then one token away for every query; decoders and [CLS]
-        # read attributes from it long before they learn where to look
-        # among 64 patches or 60 audio frames.
+        # Optional (cross.summary_tokens, off by default): one token per shown
+        # modality, the feature-wise max of its tokens (+ a learned marker),
+        # so what the whole image or recording holds is one token away for
+        # every query. Meant to speed up attribute learning; on the demo it
+        # changed no held-out figure measurably.
         self.summary = nn.Parameter(torch.randn(3, cfg.hidden) * INIT_STD) if cfg.summary_tokens else None
         self.prefix = 1 + (3 if cfg.summary_tokens else 0)
         self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)

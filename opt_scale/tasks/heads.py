@@ -43,6 +43,12 @@ class MaskedTokenHead(nn.Module):
         return loss, count
 
 
+def pair_cosines(text: torch.Tensor, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """[B, 3] cosines of unit embeddings [B, dim]: (text, image), (text, audio),
+    (image, audio), the order :class:`MatchingHead` reads them in."""
+    return torch.stack([(text * image).sum(1), (text * audio).sum(1), (image * audio).sum(1)], dim=1)
+
+
 class MatchingHead(nn.Module):
     """5-way matching from the [CLS] token (classes in tasks.config).
 

@@ -43,7 +43,7 @@ from opt_scale.model.vq import VQTokenizer
 from .config import TasksConfig
 from .contrastive import ContrastiveHead
 from .gather import gather_rows
-from .heads import MaskedTokenHead, MatchingHead
+from .heads import MaskedTokenHead, MatchingHead, pair_cosines
 from .mam import MAMHead
 from .matching import content_blind_accuracy, mine_partners
 from .schedule import TaskSchedule, ViewRows
@@ -179,9 +179,8 @@ class OPTPretrainer(nn.Module):
         view = ((clean["text"][0][:rows], clean["text"][1][:rows]),
                 (image[0][partners.image], image[1][partners.image]),
                 (audio[0][partners.audio], audio[1][partners.audio]))
-        t = emb["text"][start:start + rows]
-        i, a = emb["image"][partners.image], emb["audio"][partners.audio]
-        similarities = torch.stack([(t * i).sum(1), (t * a).sum(1), (i * a).sum(1)], dim=1)
+        similarities = pair_cosines(emb["text"][start:start + rows], emb["image"][partners.image],
+                                    emb["audio"][partners.audio])
         return view, similarities
 
     def _token_losses(self, batch, out, rows: slice, codes, clean_features, losses: dict, metrics: dict) -> None:
