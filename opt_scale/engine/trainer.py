@@ -219,6 +219,7 @@ class Trainer:
         # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
         if cfg.train.task == "vq" and not self.preemption.stop_signal:
             self._export_vq()
+        self.loader.close()
         self.logger.close()
         self.preemption.release()
         samples = (state.step - first_step) * self.global_batch
