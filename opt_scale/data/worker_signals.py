@@ -33,11 +33,13 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)   # a thread that does not block it: ignored
     # Threads started from here on (the queue's feeder thread) inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
+    threading.Thread(target=_exit_on_sigterm_from_parent, args=(os.getppid(),), name="sigterm-from-parent",
+                     daemon=True).start()
 
 
-def _exit_on_sigterm_from_parent() -> None:
+def _exit_on_sigterm_from_parent(rank_pid: int) -> None:
     while True:
         info = signal.sigwaitinfo({signal.SIGTERM})
-        if info.si_pid == os.getppid():
+        # A worker whose rank has died has no one to wait for: any SIGTERM ends it.
+        if info.si_pid == rank_pid or os.getppid() != rank_pid:
             os._exit(0)   # what torch's own handler does for its parent's SIGTERM
