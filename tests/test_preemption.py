@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,3 +108,47 @@ def test_when_only_rank_1_is_signalled_both_ranks_checkpoint_the_same_step_and_a
     assert final[0]["checkpoint_step"] == final[1]["checkpoint_step"] >= 5
     assert [f["signal"] for f in final] == ["SIGUSR1", "SIGUSR1"]
     assert [f["received"] for f in final] == [None, "SIGUSR1"]   # rank 0 stopped on rank 1's signal
+
+
+def _wait_for_steps(proc, sample_log, steps: int, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not (sample_log.exists() and len(sample_log.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        assert time.monotonic() < deadline, "the run did not reach its first steps"
+        time.sleep(0.2)
+
+
+@pytest.mark.distributed
+def test_sigterm_to_every_process_with_loader_workers_checkpoints_and_the_run_resumes(tiny_overrides, tmp_path):
+    """What scancel, a time limit or preemption do: SIGTERM to every process,
+    loader workers included (torchrun forwards it to each rank's process group)."""
+    from .conftest import REPO, run_cli, torchrun_args
+    run = tmp_path / "run"
+    args = torchrun_args(2) + ["--config", "tiny", "--set", *tiny_overrides, "data.num_workers=1",
+                               "train.log_samples=true", "train.steps=40"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for_steps(proc, run / "samples" / "rank0.jsonl", 2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "killed by signal" not in out, out[-4000:]
+    stop = re.search(r"SIGTERM: every rank stops after step (\d+)", out)
+    assert stop, out[-4000:]
+    step = int(stop.group(1))
+    assert 2 <= step < 40
+    # Both ranks wrote their part of the checkpoint of the step they stopped on, and rank 0 asked for a requeue.
+    marker = json.loads((run / "checkpoints" / f"step_{step:08d}" / "COMPLETE.json").read_text())
+    assert marker["step"] == step and marker["world_size"] == 2
+    assert f"exit code {REQUEUE_EXIT_CODE} asks for a requeue" in out
+
+    resumed = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *tiny_overrides, "data.num_workers=1",
+                                          "train.log_samples=true", f"train.steps={step + 1}", "train.resume=auto"],
+                      timeout=600)
+    assert f"resumed from {run}/checkpoints/step_{step:08d} (step {step})" in resumed.stdout + resumed.stderr
+    assert [json.loads(line)["step"] for line in (run / "samples" / "rank0.jsonl").read_text().splitlines()] == \
+        list(range(1, step + 2))

@@ -205,22 +205,27 @@ def _tensorboard_steps(tb_dir: Path) -> list[list[int]]:
     return sorted(runs)
 
 
-def test_pretrain_sbatch_checkpoints_on_usr1_requeues_and_resumes_to_the_end(
+def test_pretrain_sbatch_checkpoints_on_usr1_and_on_scontrol_requeue_and_resumes_to_the_end(
         slurm_cluster, demo_shards, demo_tokenizer, demo_vq, tmp_path):
-    steps = 12
+    """Run 1 is told to stop as --signal=B:USR1@600 does before the time limit; run 2 is
+    requeued by an admin (``scontrol requeue``: SIGTERM to every process of the job, loader
+    workers included, SIGKILL after KillWait); run 3 trains to the end. Each stop is a
+    checkpoint of the step the ranks agreed on, and each run resumes from it."""
+    steps = 20
     run_dir, job_log = tmp_path / "run", tmp_path / "job.out"
     env = {**slurm_cluster.env, "OPT_CONFIG": "tiny", "OPT_OUT_DIR": str(run_dir),
            # Both "nodes" are this host, and another test cluster's job may have our job id (and so
            # the port the script derives from it): pick a free one.
            "MASTER_PORT": str(free_port_block(1, start=31000)), "OPT_OVERRIDES": " ".join([
         f"data.train_shards={demo_shards / 'demo-index.json'}", f"data.tokenizer={demo_tokenizer}",
-        f"model.vq.checkpoint={demo_vq}", f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=0", "train.micro_batch_size=4",
-        "data.num_workers=0"])}
+        f"model.vq.checkpoint={demo_vq}", f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=0",
+        "train.micro_batch_size=4", "data.num_workers=1"])}
     # --time well above the script's 600 s signal lead: the only USR1 is ours.
     sbatch = subprocess.Popen(["sbatch", "--wait", *LOCAL_RESOURCES, "--time=00:30:00", f"--output={job_log}",
                                str(PRETRAIN)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_text = lambda: job_log.read_text(errors="replace") if job_log.exists() else ""  # noqa: E731
     diagnostics = lambda: f"--- job log\n{log_text()[-6000:]}\n{slurm_cluster.logs()}"  # noqa: E731
+    run_marker = lambda n: f"run {n} (restart count {n - 1})"  # noqa: E731
     job_id = None
     try:
         wait_for(lambda: re.search(r"job (\d+) run 1 ", log_text()), 60, "the job to start", diagnostics)
@@ -228,7 +233,11 @@ def test_pretrain_sbatch_checkpoints_on_usr1_requeues_and_resumes_to_the_end(
         wait_for(lambda: f"step 3/{steps}" in log_text(), 240, "training to reach step 3", diagnostics)
         # What --signal=B:USR1@600 does before the time limit: USR1 to the batch shell only.
         subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=env, check=True, timeout=30)
-        sbatch_out, _ = sbatch.communicate(timeout=300)
+        wait_for(lambda: re.search(r"resumed from .* \(step (\d+)\)", log_text().split(run_marker(2))[-1])
+                 and re.search(rf"step \d+/{steps} \|", log_text().split(run_marker(2))[-1]), 240,
+                 "run 2 to resume and train a step", diagnostics)
+        subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
+        sbatch_out, _ = sbatch.communicate(timeout=400)
     finally:
         if sbatch.poll() is None:
             if job_id:
@@ -237,24 +246,29 @@ def test_pretrain_sbatch_checkpoints_on_usr1_requeues_and_resumes_to_the_end(
             sbatch.communicate()
     text = log_text()
     assert sbatch.returncode == 0, f"sbatch --wait: {sbatch.returncode} {sbatch_out}\n{diagnostics()}"
+    assert "killed by signal" not in text, diagnostics()
+    first, rest = text.split(f"job {job_id} {run_marker(2)}")
+    second, third = rest.split(f"job {job_id} {run_marker(3)}")
+    assert run_marker(4) not in third, diagnostics()
 
-    # First run: stopped on the signal, all ranks after the same step, checkpointed, requeued.
-    stop = re.search(r"SIGUSR1: every rank stops after step (\d+)", text)
-    assert stop, diagnostics()
-    stop_step = int(stop.group(1))
-    assert 3 <= stop_step < steps
-    assert text.count(f"job {job_id} run 2 (restart count 1)") == 1, diagnostics()
-    first, second = text.split(f"job {job_id} run 2 (restart count 1)")
+    # Run 1: stopped on USR1, all ranks after the same step, checkpointed, requeued itself.
+    stop1 = int(re.search(r"SIGUSR1: every rank stops after step (\d+)", first).group(1))
+    assert 3 <= stop1 < steps
     assert "training step exited with code 75" in first and f"requeueing job {job_id}" in first
-    assert f"checkpoints/step_{stop_step:08d} written" in first
-    # Second run: resumed from that checkpoint, not from scratch, and trained to the end.
-    assert f"resumed from {run_dir}/checkpoints/step_{stop_step:08d} (step {stop_step})" in second
-    resumed_steps = [int(s) for s in re.findall(rf"step (\d+)/{steps} \|", second)]
-    assert resumed_steps == list(range(stop_step + 1, steps + 1)), second[-3000:]
-    assert "training finished" in second and "run 3" not in second
+    assert f"checkpoints/step_{stop1:08d} written" in first
+    # Run 2: resumed from it; SIGTERM from the requeue: checkpointed the step it stopped on.
+    assert f"resumed from {run_dir}/checkpoints/step_{stop1:08d} (step {stop1})" in second
+    stop2 = int(re.search(r"SIGTERM: every rank stops after step (\d+)", second).group(1))
+    assert stop1 < stop2 < steps
+    assert f"checkpoints/step_{stop2:08d} written" in second
+    # Run 3: resumed from that one, not from scratch, and trained to the end.
+    assert f"resumed from {run_dir}/checkpoints/step_{stop2:08d} (step {stop2})" in third
+    resumed_steps = [int(s) for s in re.findall(rf"step (\d+)/{steps} \|", third)]
+    assert resumed_steps == list(range(stop2 + 1, steps + 1)), third[-3000:]
+    assert "training finished" in third
 
-    for step in (stop_step, steps):
+    for step in (stop1, stop2, steps):
         marker = json.loads((run_dir / "checkpoints" / f"step_{step:08d}" / "COMPLETE.json").read_text())
         assert marker["step"] == step and marker["world_size"] == 2
-    assert _tensorboard_steps(run_dir / "tensorboard") == [list(range(1, stop_step + 1)),
-                                                           list(range(stop_step + 1, steps + 1))]
+    assert _tensorboard_steps(run_dir / "tensorboard") == [list(range(1, stop1 + 1)), list(range(stop1 + 1, stop2 + 1)),
+                                                           list(range(stop2 + 1, steps + 1))]

@@ -7,9 +7,16 @@ size come from the environment). Examples::
               --set data.tokenizer=runs/demo/tokenizer.model
     torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
 
-Exit codes: 0 trained to ``train.steps``; 2 bad configuration; 75 stopped
-early by SIGUSR1 or SIGTERM after writing a checkpoint: requeue the job and it
-resumes with ``train.resume=auto`` (see opt_scale/engine/preemption.py).
+Exit codes: 0 trained to ``train.steps``; 2 bad configuration, including a
+``train.out_dir`` that another run is using (locked) or that holds an earlier
+run (continue it with ``train.resume=auto``, or start over with
+``train.overwrite=true``); 75 stopped early by SIGUSR1 or SIGTERM (to the rank
+or to its whole process group) after writing a checkpoint: requeue the job and
+it resumes with ``train.resume=auto`` (see opt_scale/engine/preemption.py); 1
+a crash, or torchrun itself died (its ranks exit with it). These are each
+rank's codes, which srun reports; torchrun reports 1 for any of them but 0,
+and ends with a traceback when it is itself sent SIGTERM, after its ranks
+have checkpointed.
 """
 
 from __future__ import annotations

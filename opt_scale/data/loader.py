@@ -26,6 +26,7 @@ from .decode import SampleDecoder
 from .plan import EpochPlan, Layout, shards_fingerprint
 from .sources import ShardInfo
 from .tokenizer import Tokenizer
+from .worker_signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class TrainLoader:
         workers = data_cfg.num_workers
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                  prefetch_factor=data_cfg.prefetch_factor if workers else None,
-                                 persistent_workers=False)
+                                 persistent_workers=False, worker_init_fn=ignore_stop_signals if workers else None)
         self._iter = None
         self.epoch = min(c.epoch for c in start.values())
         self.substituted = 0
@@ -102,6 +103,15 @@ class TrainLoader:
         self.epoch = epoch
         self.batches_consumed += 1
         return batch
+
+    def close(self) -> None:
+        """Stop the workers now. They ignore stop signals from anyone but this
+        process (worker_signals.py), so they are ended here rather than left
+        to the interpreter's exit."""
+        shutdown = getattr(self._iter, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iter = None
 
     # -- cursor ------------------------------------------------------------
 

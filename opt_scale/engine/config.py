@@ -29,6 +29,7 @@ class TrainConfig:
     seed: int = 0                    # model init and dropout
     out_dir: str = "runs/opt"        # checkpoints/, tensorboard/, config.json, tokenizer copy
     resume: str = ""                 # "" (fresh), "auto" (newest complete checkpoint in out_dir), or a path
+    overwrite: bool = False          # a fresh run into a used out_dir: delete its checkpoints/tensorboard/samples first
     checkpoint_every: int = 100      # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
     log_every: int = 10              # steps between TensorBoard/console logs
@@ -37,6 +38,8 @@ class TrainConfig:
     eval_samples: int = 64           # held-out samples each evaluation uses
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: from the device table (opt_scale/engine/peak.py)
     log_samples: bool = False        # write the sample keys of every step to <out_dir>/samples/rank<r>.jsonl
+    dist_timeout_minutes: float = 30.0  # collectives' timeout; also bounds rank 0's solo work (universal
+                                        # checkpoint conversion, periodic eval) while the others wait
     inject_nan_at: tuple[int, ...] = ()  # testing aid: poison the loss with NaN at these steps
 
     def validate(self) -> None:
@@ -56,3 +59,6 @@ class TrainConfig:
         require(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0")
         require(self.eval_every >= 0 and self.eval_samples > 0, "train.eval_every",
                 "eval_every must be >= 0 and eval_samples positive")
+        require(not (self.overwrite and self.resume), "train.overwrite",
+                f"deletes the checkpoints train.resume={self.resume!r} would continue from; set one of them")
+        require(self.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "must be positive")

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -69,9 +70,21 @@ def free_port() -> int:
 
 def device_for(dist_env: DistEnv) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(dist_env.local_rank)
-        return torch.device("cuda", dist_env.local_rank)
+        index = cuda_index_for(dist_env.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def cuda_index_for(local_rank: int, visible: int) -> int:
+    """The GPU this rank uses, among the ``visible`` ones. torchrun (and srun
+    without GPU binding) shows each rank all of its node's GPUs: the local
+    rank's own. srun with ``--gpus-per-task=1`` or ``--gpu-bind`` shows each
+    task only its own GPU(s), renumbered from 0, so the local rank (up to 7)
+    names a device that is not there: take it modulo what is visible."""
+    if visible < 1:
+        raise RuntimeError("CUDA is available but no device is visible (CUDA_VISIBLE_DEVICES?)")
+    return local_rank % visible
 
 
 def collective_device() -> torch.device:
@@ -87,7 +100,17 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init(dist_env: DistEnv) -> None:
+def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
+    """``timeout_minutes`` bounds every collective, including the barriers at
+    which the other ranks wait while rank 0 works alone (a universal
+    checkpoint conversion, a periodic evaluation): ``train.dist_timeout_minutes``."""
     prepare_environment(dist_env)
     import deepspeed
-    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False,
+                               timeout=timedelta(minutes=timeout_minutes))
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

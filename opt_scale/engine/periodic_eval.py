@@ -6,7 +6,8 @@ process's memory); rank 0 evaluates a plain copy of the model on the first
 ``train.eval_samples`` samples of ``data.eval_shards`` — retrieval R@1/5/10
 for every direction, matching accuracy and hard-negative AUC, caption
 BLEU-4/CIDEr/WER and per-attribute accuracy, and a text-to-image grid —
-while the other ranks wait at a barrier. The settings are lighter than
+while the other ranks wait at a barrier, which fails after
+``train.dist_timeout_minutes``: an evaluation must fit in it. The settings are lighter than
 ``opt-eval``'s, to keep the pause short: the embedding ranking only (no
 re-ranking) and greedy captions (not beam 3) of the first 32 samples, so the
 figures track progress but are not the ones ``opt-eval`` reports.

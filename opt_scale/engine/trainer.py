@@ -29,7 +29,9 @@ from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
 from .peak import peak_tflops
 from .periodic_eval import PeriodicEvaluator
+from .launcher_watch import watch_launcher
 from .preemption import PreemptionHandler
+from .run_dir import claim_run_dir
 from .throughput import batch_train_flops, modality_tokens
 from .state import TrainState, all_rng_states, restore_rng_state
 
@@ -73,20 +75,23 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def open_sample_log(out_dir: Path, rank: int, start_step: int):
+def open_sample_log(out_dir: Path, rank: int, world: int, start_step: int):
     """Record of the sample keys each step trained on (auditing exact resume:
     no sample twice, none skipped). Steps after ``start_step`` (the resumed
     checkpoint's; 0 for a fresh run) were trained by a run that was killed and
     are trained again, so their records are dropped first: each step appears
-    once."""
+    once. After a change to fewer ranks no rank of this run opens the files of
+    the missing ranks: rank 0 drops their abandoned steps too."""
     path = out_dir / "samples" / f"rank{rank}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines(keepends=True)
-                if line.endswith("\n") and json.loads(line)["step"] <= start_step]  # a torn last line is dropped
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+    gone = [p for p in path.parent.glob("rank*.jsonl") if p.stem[4:].isdigit() and int(p.stem[4:]) >= world] if rank == 0 else []
+    for p in [path, *gone]:
+        if p.exists():
+            kept = [line for line in p.read_text().splitlines(keepends=True)
+                    if line.endswith("\n") and json.loads(line)["step"] <= start_step]  # a torn last line is dropped
+            tmp = p.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, p)
     return open(path, "a")
 
 
@@ -112,7 +117,13 @@ def precision_of(ds_cfg: dict) -> str:
 
 
 def train(cfg: RunConfig) -> RunSummary:
-    return Trainer(cfg).run()
+    try:
+        return Trainer(cfg).run()
+    except ConfigError:
+        # Refused (exit 2) once the process group is up: tear it down here. Left to the
+        # interpreter's exit, its threads can abort the process ("terminate called ...").
+        distributed.shutdown()
+        raise
 
 
 class Trainer:
@@ -121,13 +132,16 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         # First, so that a stop signal during the slow start-up is recorded, not fatal.
         self.preemption = PreemptionHandler().install()
+        watch_launcher()   # a rank whose torchrun is killed exits, instead of training on as an orphan
         self.cfg = cfg
         self.dist_env = distributed.detect()
         distributed.prepare_environment(self.dist_env)
         setup_logging(self.dist_env.rank)
-        distributed.init(self.dist_env)
+        distributed.init(self.dist_env, cfg.train.dist_timeout_minutes)
         self.world = self.dist_env.world_size
         self.device = distributed.device_for(self.dist_env)
+        # Locked for this run, and not another run's (train.resume / train.overwrite): before anything is written.
+        self.run_dir_lock = claim_run_dir(cfg.train, self.dist_env.is_main)
         self.out_dir = Path(cfg.train.out_dir)
         self.pretraining = cfg.train.task == "pretrain"
         self.tokenizer = Tokenizer(cfg.data.tokenizer)
@@ -156,7 +170,7 @@ class Trainer:
         self.logger = RunLogger(str(self.out_dir / "tensorboard"), self.dist_env.is_main, cfg.train.steps)
         self.evaluator = PeriodicEvaluator(cfg, self.engine, self.model.vq if self.pretraining else None,
                                            self.tokenizer, self.logger.writer, self.dist_env.is_main)
-        self.sample_log = (open_sample_log(self.out_dir, self.dist_env.rank, self.state.step)
+        self.sample_log = (open_sample_log(self.out_dir, self.dist_env.rank, self.world, self.state.step)
                            if cfg.train.log_samples else None)
         self.peak, peak_source = peak_tflops(precision_of(self.ds_cfg), cfg.train.peak_tflops)
         if self.dist_env.is_main and self.pretraining:
@@ -219,6 +233,7 @@ class Trainer:
         # A run stopped by a signal is not finished: no export (and no time spent on it in the grace period).
         if cfg.train.task == "vq" and not self.preemption.stop_signal:
             self._export_vq()
+        self.loader.close()
         self.logger.close()
         self.preemption.release()
         samples = (state.step - first_step) * self.global_batch
