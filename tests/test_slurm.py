@@ -261,6 +261,7 @@ def test_pretrain_sbatch_checkpoints_on_usr1_and_on_scontrol_requeue_and_resumes
     stop2 = int(re.search(r"SIGTERM: every rank stops after step (\d+)", second).group(1))
     assert stop1 < stop2 < steps
     assert f"checkpoints/step_{stop2:08d} written" in second
+    assert "already requeued by Slurm" in second and "not requeued" not in second, second[-3000:]
     # Run 3: resumed from that one, not from scratch, and trained to the end.
     assert f"resumed from {run_dir}/checkpoints/step_{stop2:08d} (step {stop2})" in third
     resumed_steps = [int(s) for s in re.findall(rf"step (\d+)/{steps} \|", third)]
