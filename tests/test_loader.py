@@ -80,16 +80,26 @@ def test_same_seed_same_stream_and_masks(demo_shards, demo_tokenizer):
     assert torch.equal(a["mlm_input_ids"], b["mlm_input_ids"]) and torch.equal(a["match_label"], b["match_label"])
 
 
+def assert_same_batches(got: list[dict], want: list[dict]) -> None:
+    """Same samples *and* the same masks, views and labels drawn for them (not only the keys)."""
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.keys() == b.keys() and a["keys"] == b["keys"], i
+        for name, value in a.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, b[name]), (i, name)
+
+
 @pytest.mark.parametrize("stop_after", [1, 5, 7])
 def test_resume_from_cursor_replays_the_uninterrupted_stream(demo_shards, demo_tokenizer, stop_after):
     full = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
-    reference = [next(full)["keys"] for _ in range(16)]  # crosses into epoch 1
+    reference = [next(full) for _ in range(16)]  # crosses into epoch 1
     first = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
-    seen = [next(first)["keys"] for _ in range(stop_after)]
+    seen = [next(first) for _ in range(stop_after)]
     cursor = DataCursor.from_dict(first.global_cursor([first.local_state()]).to_dict())
     resumed = make_loader(demo_shards, demo_tokenizer, 0, 1, 2, cursor=cursor)
-    seen += [next(resumed)["keys"] for _ in range(16 - stop_after)]
-    assert seen == reference
+    seen += [next(resumed) for _ in range(16 - stop_after)]
+    assert_same_batches(seen, reference)
 
 
 @pytest.mark.parametrize("batches", [1, 2, 3])  # 1 and 3 stop inside a shuffle block of 8
