@@ -233,6 +233,28 @@ def test_a_truncated_shard_without_an_index_is_counted_short_with_a_warning(demo
     assert loader.substituted == 0 and len(seen) == 40 and max(seen.values()) == 1
 
 
+def test_leftover_samples_are_left_out_of_their_epoch_not_carried(demo_shards, demo_tokenizer):
+    """48 samples, 1 slot, batches of 5: 9 batches per epoch. The 3 samples past the last whole batch are the
+    tail of the epoch's shard order, left out of that epoch; the next epoch, in another shard order, leaves out
+    others and is again 9 batches (nothing carried over, so an epoch's plan depends on its number alone)."""
+    from opt_scale.data.plan import shard_order
+    shards = resolve_shards(str(demo_shards / "demo-index.json"))
+    loader = make_loader(demo_shards, demo_tokenizer, 0, 1, 0, batch=5)
+    assert loader.batches_per_epoch(0) == loader.batches_per_epoch(1) == 9
+    all_keys = set()
+    for s in shards:
+        all_keys |= {r["__key__"] for r in iter_samples(s.url)}
+    left_out = []
+    for epoch in (0, 1):
+        read = [k for _ in range(9) for k in next(loader)["keys"]]
+        assert len(set(read)) == 45 and loader.epoch == epoch
+        last_shard = shards[shard_order(len(shards), 0, epoch)[-1]]
+        tail = [r["__key__"] for r in iter_samples(last_shard.url)][-3:]
+        assert all_keys - set(read) == set(tail)
+        left_out.append(set(tail))
+    assert left_out[0] != left_out[1]
+
+
 @pytest.mark.distributed
 def test_opt_train_logs_and_summarises_substitutes_and_stops_past_the_limit(demo_shards, demo_tokenizer,
                                                                              tiny_overrides, tmp_path):
