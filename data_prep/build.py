@@ -38,7 +38,7 @@ from .shard_writer import atomic_write_bytes, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the bytes a given input produces change
+FORMAT_VERSION = 3  # bump when the bytes a given input produces change
 
 
 class BuildConfigError(ValueError):

@@ -241,8 +241,25 @@ def write_bad_inputs(out: Path, rng: np.random.Generator) -> dict:
     add("valid line after an invalid one with its key", "kept",
         {**empty, "caption": "In this picture I can see a cup of coffee on a table."})
     add("duplicate of a default demo line", "duplicate", default_lines[0].encode())
+    # Audio whose samples the builder must not turn into a silent or empty track.
+    add("one frame at 48 kHz: nothing left at 16 kHz", "bad_audio", record(audio=_wav(np.zeros(1), 48_000)))
+    nan_wave = np.full(8000, 0.25)
+    nan_wave[1000:1100] = np.nan
+    add("NaN audio samples", "bad_audio", record(audio=_wav(nan_wave, 16_000, "FLOAT")))
+    # A key whose first valid line fails on its media (no recording): its later line builds and is kept.
+    broken_first = record(audio=None)
+    later = {**broken_first, "voice_recording": broken_first["voice_recording"].replace(".ogg", "-again.ogg")}
+    (out / "recordings" / later["voice_recording"]).write_bytes(good_ogg)
+    first_line = ("valid line whose media fail, before a copy that builds", "missing_audio",
+                  json.dumps(broken_first).encode())
+    cases.insert(1, first_line)  # far from its copy: another shard
+    add("a copy after one that failed on its media", "kept", later)
+    # Editors may start a file with a UTF-8 byte-order mark: its first line is kept.
+    bom = ("first line after a UTF-8 byte-order mark", "kept", b"\xef\xbb\xbf" + json.dumps(record()).encode())
     lines = [line for _, _, line in cases]
     lines.insert(len(lines) // 2, b"   ")  # a blank line: skipped, not a failure
+    lines.insert(0, bom[2])
+    cases.insert(0, bom)
     (out / "annotations" / BAD_FILE).write_bytes(b"\n".join(lines) + b"\n")
     reasons: dict[str, int] = {}
     for _, reason, _ in cases:
@@ -250,6 +267,12 @@ def write_bad_inputs(out: Path, rng: np.random.Generator) -> dict:
             reasons[reason] = reasons.get(reason, 0) + 1
     return {"reasons": reasons, "kept": sum(r == "kept" for _, r, _ in cases),
             "cases": [{"case": c, "reason": r} for c, r, _ in cases]}
+
+
+def _wav(wave: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
 
 
 # ------------------------------------------------------------------ Open Images CSV

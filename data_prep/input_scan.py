@@ -24,6 +24,7 @@ import numpy as np
 from .narratives import RecordError, parse_line
 
 CHUNK_BYTES = 32 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def scan_chunk(chunk: ScanChunk, holdout_names: tuple[str, ...] = ()) -> ChunkSc
             line = f.readline()
             if not line:
                 break
-            if line.strip():
+            if (line.removeprefix(UTF8_BOM) if pos == 0 else line).strip():  # a file may start with a BOM
                 local.append(physical)
                 offsets.append(pos)
                 lengths.append(len(line))

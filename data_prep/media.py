@@ -192,6 +192,9 @@ def process_audio(raw: bytes, *, max_seconds: float, audio_format: str = "flac")
         raise MediaError("bad_audio", f"{type(exc).__name__}: {exc}") from None
     if wave.shape[0] == 0:
         raise MediaError("bad_audio", "no audio frames")
+    non_finite = wave.size - int(np.isfinite(wave).sum())
+    if non_finite:  # the int16 conversion would turn them into silence (or noise), quietly
+        raise MediaError("bad_audio", f"{non_finite} non-finite (NaN or infinite) samples")
     if wave.shape[0] < limit_in:  # truncated stream: the header promised more than there is
         frames = wave.shape[0]
     original_seconds = frames / rate
@@ -200,6 +203,8 @@ def process_audio(raw: bytes, *, max_seconds: float, audio_format: str = "flac")
     cropped = max_seconds > 0 and original_seconds > max_seconds + 0.5 / SAMPLE_RATE
     if max_seconds > 0:
         mono = mono[:round(max_seconds * SAMPLE_RATE)]
+    if len(mono) == 0:  # e.g. one frame at 48 kHz: a 0-byte .flac that `verify` rejects
+        raise MediaError("bad_audio", f"{frames} frame(s) at {rate} Hz leave no sample at 16 kHz")
     out = io.BytesIO()
     sf.write(out, to_pcm16(mono), SAMPLE_RATE, format=audio_format.upper(), subtype="PCM_16")
     return AudioResult(out.getvalue(), audio_format, rate, channels, original_seconds,

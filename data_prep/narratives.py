@@ -54,13 +54,15 @@ def parse_line(line: bytes | str) -> Narrative:
 
     Raises :class:`RecordError` with a stable ``reason`` tag on bad input.
     Bytes must be UTF-8 (as JSON requires); they are never decoded leniently,
-    so a mangled caption cannot slip into the shards.
+    so a mangled caption cannot slip into the shards. A UTF-8 byte-order mark
+    (which some editors write before a file's first line) is accepted.
     """
     if isinstance(line, bytes):
         try:
-            line = line.decode("utf-8")
+            line = line.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise RecordError("invalid_json", f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    line = line.removeprefix("\ufeff")
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:

@@ -4,10 +4,14 @@ Everything here is a pure function of the scanned input and the content
 options (``samples_per_shard``, held-out splits): workers and jobs only decide
 *who* builds a shard, never *what* is in it.
 
-* Duplicates: the first valid line (in file, then line order) with a given
-  (image_id, annotator_id) claims the key; later ones are rejected as
-  ``duplicate``. Invalid lines claim nothing, so a broken first copy does not
-  cost the sample its good second copy.
+* Duplicates: of the lines (in file, then line order) with a given
+  (image_id, annotator_id), the first one that *builds* becomes the sample;
+  later ones are rejected as ``duplicate``. Invalid lines claim nothing, so a
+  broken first copy does not cost the sample its good second copy. Whether a
+  valid copy builds (its media may fail) is only known by building it, so the
+  plan gives each later copy the places of the valid copies before it, and its
+  builder tries those first (:mod:`.shard_build`): a pure function of the
+  input, whatever shard, worker or job builds which copy.
 * Held-out splits (``--holdout NAME:COUNT``): whole images are taken in the
   order of a hash of (NAME, image_id) until COUNT narratives are held out,
   so all narratives of one image land on the same side and the choice depends
@@ -54,7 +58,7 @@ class LineRef:
     line_no: int
     offset: int
     length: int
-    duplicate_of: str | None  # "file:line" of the first occurrence
+    earlier_copies: tuple["LineRef", ...] = ()  # valid lines with the same key before this one, in input order
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class ShardTask:
 @dataclass
 class BuildPlan:
     table: LineTable
-    duplicate_of: np.ndarray               # int64 per line: row of the first occurrence, -1 if none
+    duplicate_of: np.ndarray               # int64 per line: row of the first valid copy of its key, -1 if none
+    previous_copy: np.ndarray              # int64 per line: row of the valid copy just before it, -1 if none
     split_of: np.ndarray                   # int16 per line: 0 = train, k = k-th held-out split
     splits: list[str]                      # ["train", holdout names...]
     stems: list[str]
@@ -89,28 +94,35 @@ class BuildPlan:
 
     def line_ref(self, row: int) -> LineRef:
         t = self.table
-        dup = int(self.duplicate_of[row])
+        earlier = []
+        prev = int(self.previous_copy[row])
+        while prev >= 0:
+            earlier.append(LineRef(int(t.file_index[prev]), int(t.line_no[prev]), int(t.offset[prev]),
+                                   int(t.length[prev])))
+            prev = int(self.previous_copy[prev])
         return LineRef(int(t.file_index[row]), int(t.line_no[row]), int(t.offset[row]), int(t.length[row]),
-                       t.where(dup) if dup >= 0 else None)
+                       tuple(reversed(earlier)))
 
     def tasks_for_job(self, job_index: int, num_jobs: int) -> list[ShardTask]:
         """Round-robin over all shards of all splits: disjoint, and balanced across jobs."""
         return [t for i, t in enumerate(self.tasks) if i % num_jobs == job_index]
 
 
-def find_duplicates(table: LineTable) -> np.ndarray:
-    """Row of the first valid line with the same key, per line (-1: not a duplicate)."""
+def find_duplicates(table: LineTable) -> tuple[np.ndarray, np.ndarray]:
+    """Per line, the row of the first and of the previous valid line with the same key (-1: none)."""
     duplicate_of = np.full(len(table), -1, dtype=np.int64)
+    previous_copy = duplicate_of.copy()
     rows = np.flatnonzero(table.valid)
     if len(rows) < 2:
-        return duplicate_of
+        return duplicate_of, previous_copy
     keys = table.key_digest[rows]
     order = np.lexsort((rows, keys[:, 1], keys[:, 0]))  # by key, then input order
     sorted_keys, sorted_rows = keys[order], rows[order]
     same = np.r_[False, (sorted_keys[1:] == sorted_keys[:-1]).all(axis=1)]
     group_first = np.maximum.accumulate(np.where(~same, np.arange(len(order)), 0))
     duplicate_of[sorted_rows[same]] = sorted_rows[group_first[same]]
-    return duplicate_of
+    previous_copy[sorted_rows[same]] = sorted_rows[:-1][same[1:]]
+    return duplicate_of, previous_copy
 
 
 def choose_holdouts(table: LineTable, duplicate_of: np.ndarray,
@@ -139,7 +151,7 @@ def make_plan(table: LineTable, samples_per_shard: int, holdouts: list[HoldoutSp
         raise ValueError("--samples-per-shard must be positive")
     if len({h.name for h in holdouts}) != len(holdouts):
         raise ValueError("--holdout names must be distinct")
-    duplicate_of = find_duplicates(table)
+    duplicate_of, previous_copy = find_duplicates(table)
     split_of, held_images = choose_holdouts(table, duplicate_of, holdouts)
     splits = [TRAIN] + [h.name for h in holdouts]
     stems = [prefix] + [f"{prefix}-{h.name}" for h in holdouts]
@@ -148,4 +160,4 @@ def make_plan(table: LineTable, samples_per_shard: int, holdouts: list[HoldoutSp
         rows = np.flatnonzero(split_of == k)
         for i, start in enumerate(range(0, len(rows), samples_per_shard)):
             tasks.append(ShardTask(split, stem, i, rows[start:start + samples_per_shard]))
-    return BuildPlan(table, duplicate_of, split_of, splits, stems, tasks, held_images)
+    return BuildPlan(table, duplicate_of, previous_copy, split_of, splits, stems, tasks, held_images)

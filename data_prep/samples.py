@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from .media import DEFAULT_MAX_PIXELS, parse_rotation, process_audio, process_image
@@ -11,6 +12,7 @@ from .narratives import RecordError, parse_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 # Files are read whole into memory: a stray multi-GB file must be a failure, not an out-of-memory kill.
+# The cap is enforced by the read itself (st_size can lie: procfs reports 0, /dev/zero is endless).
 MAX_IMAGE_FILE_BYTES = 256 << 20   # Open Images originals are a few MB
 MAX_AUDIO_FILE_BYTES = 256 << 20   # a 60 s Vorbis recording is about 1 MB
 
@@ -82,8 +84,8 @@ def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
         for ext in IMAGE_EXTENSIONS:
             name = f"{image_id}{ext}"
             try:
-                with open(os.path.join(root, name), "rb") as f:
-                    return name, _read_capped(f, MAX_IMAGE_FILE_BYTES, "image_too_large")
+                return name, read_regular_file(os.path.join(root, name), MAX_IMAGE_FILE_BYTES, "image_too_large",
+                                               "bad_image")
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 continue
             except OSError as exc:
@@ -95,16 +97,31 @@ def read_audio(root: str, voice_recording: str) -> bytes:
     """Bytes of the recording at ``root/voice_recording``: the field is used as given."""
     path = os.path.join(root, voice_recording)
     try:
-        with open(path, "rb") as f:
-            return _read_capped(f, MAX_AUDIO_FILE_BYTES, "bad_audio")
+        return read_regular_file(path, MAX_AUDIO_FILE_BYTES, "bad_audio", "bad_audio")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise RecordError("missing_audio", f"no recording at {path}") from None
     except OSError as exc:
         raise RecordError("missing_audio", f"cannot read {path}: {exc.strerror}") from None
 
 
-def _read_capped(f, limit: int, reason: str) -> bytes:
-    size = os.fstat(f.fileno()).st_size
-    if size > limit:
-        raise RecordError(reason, f"file is {size} bytes, more than the {limit} read per sample")
-    return f.read()
+def read_regular_file(path: str, limit: int, too_large: str, not_regular: str) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path`` (symlinks followed).
+
+    Opened non-blocking, so a FIFO cannot hang the open; ``fstat`` of the open
+    descriptor (no race with a rename) refuses devices, FIFOs and sockets; and
+    the read itself stops at ``limit + 1`` bytes whatever ``st_size`` says.
+    A directory raises IsADirectoryError, as ``open`` would: the caller looks further.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+            raise RecordError(not_regular, f"{path} is not a regular file ({kind})")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RecordError(too_large, f"file is more than the {limit} bytes read per sample")
+    return data

@@ -98,14 +98,12 @@ def build_shard(job: ShardJob, ctx: WorkerContext, on_record=None) -> dict:
         with ShardWriter(paths.tar) as writer:
             for ref in job.lines:
                 _exit_if_orphaned()
-                f = handles.get(ref.file_index)
-                if f is None:
-                    f = handles[ref.file_index] = open(ctx.files[ref.file_index], "rb")
-                f.seek(ref.offset)
-                raw = f.read(ref.length)
+                f = _handle(handles, ctx, ref.file_index)
+                raw = _read_line(f, ref)
                 try:
-                    if ref.duplicate_of:
-                        raise RecordError("duplicate", f"same (image_id, annotator_id) as {ref.duplicate_of}")
+                    kept = first_copy_that_builds(ref.earlier_copies, ctx, job.csv_rows, handles)
+                    if kept is not None:
+                        raise RecordError("duplicate", f"same (image_id, annotator_id) as the copy kept at {kept}")
                     sample = make_sample(raw, ctx.files[ref.file_index], ref.line_no, ctx.sample_options, job.csv_rows)
                 except (RecordError, MediaError) as err:
                     reasons[err.reason] += 1
@@ -146,6 +144,37 @@ def build_shard(job: ShardJob, ctx: WorkerContext, on_record=None) -> dict:
     # The sidecar is written last: its presence marks the shard as finished.
     atomic_write_bytes(paths.stats, json.dumps(stats, indent=1, sort_keys=True).encode())
     return stats
+
+
+def _handle(handles: dict, ctx: WorkerContext, file_index: int):
+    f = handles.get(file_index)
+    if f is None:
+        f = handles[file_index] = open(ctx.files[file_index], "rb")
+    return f
+
+
+def _read_line(f, ref: LineRef) -> bytes:
+    f.seek(ref.offset)
+    return f.read(ref.length)
+
+
+def first_copy_that_builds(earlier: tuple[LineRef, ...], ctx: WorkerContext, csv_rows, handles: dict) -> str | None:
+    """"file:line" of the first earlier copy of a key that builds into a sample, or None.
+
+    Such a copy was (or will be) written by whichever process builds its
+    shard; building it again here (duplicates are rare) tells this line, in
+    any shard, worker or job, whether it is a duplicate or the first copy
+    that builds, with no communication between them.
+    """
+    for ref in earlier:
+        path = ctx.files[ref.file_index]
+        try:
+            make_sample(_read_line(_handle(handles, ctx, ref.file_index), ref), path, ref.line_no,
+                        ctx.sample_options, csv_rows)
+        except Exception:  # noqa: BLE001 - any failure: that copy was recorded as a failure by its own builder
+            continue
+        return f"{path}:{ref.line_no}"
+    return None
 
 
 def failure_record(job: ShardJob, file: str, ref: LineRef, raw: bytes, reason: str, detail: str) -> dict:

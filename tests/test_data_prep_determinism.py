@@ -149,3 +149,47 @@ def test_tokenizer_training_is_deterministic(prep_reference, tmp_path):
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=a)
     assert sp.get_piece_size() > 20 and sp.encode("a cup of coffee")
+
+
+def _tiny_build_inputs(root):
+    """Three narratives of one key (image, annotator): the first two parse but fail on their media
+    (no recording; an empty one), the third builds; then a fourth copy, and one other narrative."""
+    import io
+
+    import soundfile as sf
+    from PIL import Image
+    for d in ("ann", "img", "rec"):
+        (root / d).mkdir()
+    Image.new("RGB", (40, 30), (200, 80, 10)).save(root / "img" / "00000000000000aa.jpg")
+    Image.new("RGB", (40, 30), (10, 80, 200)).save(root / "img" / "00000000000000bb.jpg")
+    wav = io.BytesIO()
+    sf.write(wav, np.sin(np.arange(8000, dtype=np.float32) / 5), 16000, format="WAV")
+    (root / "rec" / "good.wav").write_bytes(wav.getvalue())
+    (root / "rec" / "other.wav").write_bytes(wav.getvalue())
+    (root / "rec" / "empty.wav").write_bytes(b"")
+    base = {"dataset_id": "open_images", "image_id": "00000000000000aa", "annotator_id": 3, "caption": "an orange"}
+    lines = [{**base, "voice_recording": "missing.wav"}, {**base, "voice_recording": "empty.wav"},
+             {**base, "voice_recording": "good.wav", "caption": "the kept copy"},
+             {**base, "voice_recording": "good.wav", "caption": "a later copy"},
+             {**base, "image_id": "00000000000000bb", "voice_recording": "other.wav"}]
+    (root / "ann" / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.mark.parametrize("samples_per_shard, num_jobs", [(8, 1), (1, 1), (1, 2)])
+def test_the_first_copy_that_builds_wins_over_earlier_copies_that_fail(tmp_path, samples_per_shard, num_jobs):
+    from opt_scale.data.shard_reader import iter_samples
+    from opt_scale.data_prep.build import BuildOptions, build
+    from opt_scale.data_prep.index import merge_index
+    _tiny_build_inputs(tmp_path)
+    out = tmp_path / "out"
+    for job in range(num_jobs):  # in separate shards and jobs, the copies cannot see each other's outcome
+        build(BuildOptions([str(tmp_path / "ann" / "a.jsonl")], str(tmp_path / "img"), str(tmp_path / "rec"),
+                           str(out), prefix="t", samples_per_shard=samples_per_shard, image_short_side=16,
+                           num_jobs=num_jobs, job_index=job, progress=False))
+    if num_jobs > 1:
+        merge_index(out, "t")
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["line"], f["reason"]) for f in failures] == [(1, "missing_audio"), (2, "bad_audio"), (4, "duplicate")]
+    assert failures[2]["detail"].endswith("a.jsonl:3")           # names the copy that was kept
+    captions = {s["__key__"]: s["txt"].decode() for p in sorted(out.glob("t-*.tar")) for s in iter_samples(str(p))}
+    assert captions == {"00000000000000aa_3": "the kept copy", "00000000000000bb_3": "an orange"}

@@ -161,3 +161,65 @@ def test_oversized_media_files_are_failures_not_memory_blowups(tmp_path, monkeyp
     with pytest.raises(RecordError) as err:
         samples.read_image((str(tmp_path),), "0123456789abcdef")
     assert err.value.reason == "image_too_large"
+
+
+def test_media_reads_only_regular_files_and_never_more_than_the_cap(tmp_path, monkeypatch):
+    """st_size is no cap: a symlink to /dev/zero (size 0, endless) or a FIFO (blocks on open) must be
+    refused, and a regular file whose size lies (procfs reports 0) read at most cap + 1 bytes."""
+    import os
+    from opt_scale.data_prep import samples
+    image_id = "0123456789abcdef"
+    os.symlink("/dev/zero", tmp_path / "zero.ogg")
+    os.mkfifo(tmp_path / "fifo.ogg")
+    os.symlink("/proc/self/status", tmp_path / "status.ogg")  # regular, st_size 0, ~1 KB of content
+    monkeypatch.setattr(samples, "MAX_AUDIO_FILE_BYTES", 64)
+    monkeypatch.setattr(samples, "MAX_IMAGE_FILE_BYTES", 64)
+    for name, reason in (("zero.ogg", "bad_audio"), ("fifo.ogg", "bad_audio"), ("status.ogg", "bad_audio")):
+        with pytest.raises(RecordError) as err:
+            samples.read_audio(str(tmp_path), name)
+        assert err.value.reason == reason, name
+        assert ("not a regular file" in err.value.detail) == (name != "status.ogg"), err.value.detail
+    os.symlink("/dev/zero", tmp_path / f"{image_id}.jpg")
+    with pytest.raises(RecordError) as err:
+        samples.read_image((str(tmp_path),), image_id)
+    assert err.value.reason == "bad_image" and "not a regular file" in err.value.detail
+    os.unlink(tmp_path / f"{image_id}.jpg")
+    os.symlink("/proc/self/status", tmp_path / f"{image_id}.jpg")
+    with pytest.raises(RecordError) as err:
+        samples.read_image((str(tmp_path),), image_id)
+    assert err.value.reason == "image_too_large"
+    (tmp_path / "ok.ogg").write_bytes(b"x" * 64)               # exactly the cap: fine
+    assert samples.read_audio(str(tmp_path), "ok.ogg") == b"x" * 64
+    (tmp_path / "dir.jpg").mkdir()                             # a directory is no image: look further
+    with pytest.raises(RecordError) as err:
+        samples.read_image((str(tmp_path),), "dir")
+    assert err.value.reason == "missing_image"
+
+
+def _wav(wave, rate, subtype="PCM_16"):
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def test_audio_that_resamples_to_nothing_is_rejected_not_written_empty():
+    one_frame = _wav(np.zeros(1, np.float32), 48_000)  # 1/48000 s: no 16 kHz sample left
+    with pytest.raises(MediaError) as err:
+        process_audio(one_frame, max_seconds=6)
+    assert err.value.reason == "bad_audio" and "16 kHz" in err.value.detail
+    assert process_audio(_wav(np.zeros(3, np.float32), 48_000), max_seconds=6).seconds > 0  # one sample is enough
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_audio_is_rejected_not_silenced(bad):
+    wave = np.full(16_000, 0.25, np.float32)
+    wave[100:200] = bad
+    with pytest.raises(MediaError) as err:
+        process_audio(_wav(wave, 16_000, "FLOAT"), max_seconds=6)
+    assert err.value.reason == "bad_audio" and "100 non-finite" in err.value.detail
+
+
+def test_a_utf8_bom_before_the_first_line_is_accepted():
+    rec = parse_line(b"\xef\xbb\xbf" + GOOD.encode())
+    assert rec.key == "0123456789abcdef_7"
+    assert parse_line("\ufeff" + GOOD).key == rec.key

@@ -1,6 +1,7 @@
 """The streaming loader: equal batch counts per slot, exact epochs, exact resume."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,16 +10,19 @@ from opt_scale.data.config import DataConfig
 from opt_scale.data.loader import DataCursor, TrainLoader
 from opt_scale.data.masking import PAIR_LABELS
 from opt_scale.data.plan import EpochPlan, Layout
+from opt_scale.data.shard_reader import iter_samples
 from opt_scale.data.sources import ShardInfo, resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
 from opt_scale.presets import tiny
 
 
-def make_loader(demo_shards, demo_tokenizer, rank, world, workers, batch=4, cursor=None, block=8):
+def make_loader(demo_shards, demo_tokenizer, rank, world, workers, batch=4, cursor=None, block=8,
+                spec="demo-index.json", **data):
     cfg = tiny()
-    shards = resolve_shards(str(demo_shards / "demo-index.json"))
-    return TrainLoader(shards, DataConfig(num_workers=workers, shuffle_block=block, prefetch_factor=2), cfg.model,
-                       cfg.tasks, Tokenizer(str(demo_tokenizer)), rank, world, batch, cursor=cursor)
+    shards = resolve_shards(str(demo_shards / spec))
+    data_cfg = DataConfig(num_workers=workers, shuffle_block=block, prefetch_factor=2, **data)
+    return TrainLoader(shards, data_cfg, cfg.model, cfg.tasks, Tokenizer(str(demo_tokenizer)), rank, world, batch,
+                       cursor=cursor)
 
 
 def test_plan_gives_equal_whole_batches_even_with_fewer_shards_than_slots():
@@ -80,16 +84,26 @@ def test_same_seed_same_stream_and_masks(demo_shards, demo_tokenizer):
     assert torch.equal(a["mlm_input_ids"], b["mlm_input_ids"]) and torch.equal(a["match_label"], b["match_label"])
 
 
+def assert_same_batches(got: list[dict], want: list[dict]) -> None:
+    """Same samples *and* the same masks, views and labels drawn for them (not only the keys)."""
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.keys() == b.keys() and a["keys"] == b["keys"], i
+        for name, value in a.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, b[name]), (i, name)
+
+
 @pytest.mark.parametrize("stop_after", [1, 5, 7])
 def test_resume_from_cursor_replays_the_uninterrupted_stream(demo_shards, demo_tokenizer, stop_after):
     full = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
-    reference = [next(full)["keys"] for _ in range(16)]  # crosses into epoch 1
+    reference = [next(full) for _ in range(16)]  # crosses into epoch 1
     first = make_loader(demo_shards, demo_tokenizer, 0, 1, 2)
-    seen = [next(first)["keys"] for _ in range(stop_after)]
+    seen = [next(first) for _ in range(stop_after)]
     cursor = DataCursor.from_dict(first.global_cursor([first.local_state()]).to_dict())
     resumed = make_loader(demo_shards, demo_tokenizer, 0, 1, 2, cursor=cursor)
-    seen += [next(resumed)["keys"] for _ in range(16 - stop_after)]
-    assert seen == reference
+    seen += [next(resumed) for _ in range(16 - stop_after)]
+    assert_same_batches(seen, reference)
 
 
 @pytest.mark.parametrize("batches", [1, 2, 3])  # 1 and 3 stop inside a shuffle block of 8
@@ -139,3 +153,133 @@ def test_cursor_for_other_shards_is_refused(demo_shards, demo_tokenizer):
     cursor.fingerprint = "0" * 16
     with pytest.raises(ValueError, match="different shard set"):
         make_loader(demo_shards, demo_tokenizer, 0, 1, 0, cursor=cursor)
+
+
+# ---------------------------------------------------------------- damaged shards
+
+def _cut_shard(shards_dir, dest, keep: int, mid_member: bool = False) -> Path:
+    """A copy of the demo shards whose shard 1 is cut after ``keep`` whole samples (at the next header,
+    or inside the next sample's first member); the index still promises 16."""
+    import shutil
+    import tarfile
+    shutil.copytree(shards_dir, dest)
+    path = dest / "demo-000001.tar"
+    with tarfile.open(path) as tar:
+        keys, cut = [], None
+        for info in tar:
+            key = info.name.split(".")[0]
+            if key not in keys:
+                keys.append(key)
+            if len(keys) == keep + 1:
+                cut = info.offset_data + 100 if mid_member else info.offset
+                break
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    return dest
+
+
+def _epoch_keys(loader, n_batches):
+    batches = [next(loader)["keys"] for _ in range(n_batches)]
+    return batches, Counter(k for b in batches for k in b)
+
+
+@pytest.mark.parametrize("block", [48, 8])  # one block per epoch (as with the default 256), or blocks of 8
+def test_a_truncated_shard_gets_distinct_counted_substitutes(demo_shards, demo_tokenizer, tmp_path, block):
+    damaged = _cut_shard(demo_shards, tmp_path / "shards", keep=8)
+    loader = make_loader(damaged, demo_tokenizer, 0, 1, 0, block=block, max_substituted_fraction=0.2)
+    batches, seen = _epoch_keys(loader, 12)
+    assert loader.substituted == 8 and loader.epoch == 0
+    assert sum(seen.values()) == 48 and len(seen) == 40       # 8 unreadable samples stood in for...
+    assert sorted(Counter(seen.values()).items()) == [(1, 32), (2, 8)]  # ...by 8 distinct others, once each
+    assert all(len(set(b)) == len(b) for b in batches)      # never twice in one batch
+
+
+def test_substitutes_resume_exactly(demo_shards, demo_tokenizer, tmp_path):
+    damaged = _cut_shard(demo_shards, tmp_path / "shards", keep=5, mid_member=True)
+    kw = dict(block=8, max_substituted_fraction=0.5)
+    full = make_loader(damaged, demo_tokenizer, 0, 1, 2, **kw)
+    reference = [next(full) for _ in range(12)]
+    assert full.substituted == 11 and full.epoch == 0  # samples 5-15 of shard 1 are unreadable
+    reference += [next(full) for _ in range(2)]
+    first = make_loader(damaged, demo_tokenizer, 0, 1, 2, **kw)
+    seen = [next(first) for _ in range(5)]
+    cursor = DataCursor.from_dict(first.global_cursor([first.local_state()]).to_dict())
+    resumed = make_loader(damaged, demo_tokenizer, 0, 1, 2, cursor=cursor, **kw)
+    seen += [next(resumed) for _ in range(9)]
+    assert_same_batches(seen, reference)
+
+
+def test_too_many_substitutes_stop_the_run_naming_the_limit(demo_shards, demo_tokenizer, tmp_path):
+    from opt_scale.utils.config_tools import ConfigError
+    damaged = _cut_shard(demo_shards, tmp_path / "shards", keep=8)
+    loader = make_loader(damaged, demo_tokenizer, 0, 1, 0, block=48)  # default limit: 1% of an epoch
+    with pytest.raises(ConfigError, match=r"data\.max_substituted_fraction.*opt-shards verify"):
+        for _ in range(12):
+            next(loader)
+    with pytest.raises(ConfigError, match="max_substituted_fraction"):
+        DataConfig(max_substituted_fraction=1.5).validate()
+
+
+@pytest.mark.parametrize("mid_member", [False, True])
+def test_a_truncated_shard_without_an_index_is_counted_short_with_a_warning(demo_shards, demo_tokenizer, tmp_path,
+                                                                             caplog, mid_member):
+    damaged = _cut_shard(demo_shards, tmp_path / "shards", keep=8, mid_member=mid_member)
+    with caplog.at_level("WARNING"):
+        shards = resolve_shards(str(damaged / "demo-*.tar"))
+    assert [s.num_samples for s in shards] == [16, 8, 16]
+    assert any("demo-000001.tar" in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
+    loader = make_loader(damaged, demo_tokenizer, 0, 1, 0, block=8, spec="demo-*.tar")
+    _, seen = _epoch_keys(loader, 10)
+    assert loader.substituted == 0 and len(seen) == 40 and max(seen.values()) == 1
+
+
+def test_leftover_samples_are_left_out_of_their_epoch_not_carried(demo_shards, demo_tokenizer):
+    """48 samples, 1 slot, batches of 5: 9 batches per epoch. The 3 samples past the last whole batch are the
+    tail of the epoch's shard order, left out of that epoch; the next epoch, in another shard order, leaves out
+    others and is again 9 batches (nothing carried over, so an epoch's plan depends on its number alone)."""
+    from opt_scale.data.plan import shard_order
+    shards = resolve_shards(str(demo_shards / "demo-index.json"))
+    loader = make_loader(demo_shards, demo_tokenizer, 0, 1, 0, batch=5)
+    assert loader.batches_per_epoch(0) == loader.batches_per_epoch(1) == 9
+    all_keys = set()
+    for s in shards:
+        all_keys |= {r["__key__"] for r in iter_samples(s.url)}
+    left_out = []
+    for epoch in (0, 1):
+        read = [k for _ in range(9) for k in next(loader)["keys"]]
+        assert len(set(read)) == 45 and loader.epoch == epoch
+        last_shard = shards[shard_order(len(shards), 0, epoch)[-1]]
+        tail = [r["__key__"] for r in iter_samples(last_shard.url)][-3:]
+        assert all_keys - set(read) == set(tail)
+        left_out.append(set(tail))
+    assert left_out[0] != left_out[1]
+
+
+@pytest.mark.distributed
+def test_opt_train_logs_and_summarises_substitutes_and_stops_past_the_limit(demo_shards, demo_tokenizer,
+                                                                             tiny_overrides, tmp_path):
+    from opt_scale.bench.events import read_scalars
+
+    from .conftest import run_cli
+    damaged = _cut_shard(demo_shards, tmp_path / "shards", keep=8)
+    overrides = [o for o in tiny_overrides if not o.startswith("data.train_shards=")]
+    overrides += [f"data.train_shards={damaged / 'demo-index.json'}", "train.steps=3"]
+    # The same stream as the run's one rank and worker (defaults: shuffle_block 256, seed 0).
+    loader = make_loader(damaged, demo_tokenizer, 0, 1, 1, block=256, max_substituted_fraction=1.0)
+    expected = [0]
+    for _ in range(3):
+        next(loader)
+        expected.append(loader.substituted)
+    assert expected[-1] > 0
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *overrides, "data.max_substituted_fraction=1"],
+                   timeout=300)
+    assert f"substituted      {expected[-1]} samples" in proc.stdout
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")["data/substituted_samples"]
+    assert scalars == [(step, float(expected[step])) for step in (1, 2, 3)]
+    # With the default limit (1% of an epoch) the first stand-in stops the run: one line naming the key.
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *overrides, f"train.out_dir={tmp_path / 'run2'}"],
+                   timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("opt-train: error:")]
+    assert len(errors) == 1 and "data.max_substituted_fraction=0.01" in errors[0]
+    assert "Traceback" not in proc.stderr

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steps            {summary.steps} ({summary.skipped_steps} skipped)")
         print(f"loss             {summary.first_loss:.4f} (first log window) -> {summary.last_loss:.4f} (last)")
         print(f"throughput       {summary.samples_per_s:.1f} samples/s")
+        print(f"substituted      {summary.substituted_samples} samples (stand-ins for missing or corrupt ones)")
         print(f"checkpoint       {summary.checkpoint}")
         print(f"tensorboard      {summary.tensorboard}   (tensorboard --logdir {summary.tensorboard})")
         if summary.stop_signal:

@@ -16,8 +16,11 @@ class DataConfig:
     prefetch_factor: int = 4     # batches each worker keeps ready
     shuffle_block: int = 256     # samples read in order, then permuted together
     seed: int = 0                # data order, masks and negatives derive from (seed, epoch, key)
+    max_substituted_fraction: float = 0.01  # stop once more of a rank's epoch had to be replaced (damaged shards)
 
     def validate(self) -> None:
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         require(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
         require(self.shuffle_block >= 1, "data.shuffle_block", "must be >= 1")
+        require(0.0 <= self.max_substituted_fraction <= 1.0, "data.max_substituted_fraction",
+                "must be between 0 and 1 (the fraction of an epoch's samples that may be stand-ins)")

@@ -13,15 +13,17 @@ import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import Collator
-from .decode import SampleDecoder, SampleError
+from .decode import SampleDecoder
 from .plan import EpochPlan, Layout, block_permutation, stream_to_global
 from .shard_reader import iter_samples
 from .sources import ShardInfo
+from .substitutes import DamagedShardsError, ShuffleBlock
 
 log = logging.getLogger(__name__)
 OPEN_RETRIES = 3
@@ -70,7 +72,13 @@ class SlotBatches(IterableDataset):
                     f"slot ({self.layout.num_slots} slots = world_size x data.num_workers, batch "
                     f"{self.layout.batch_size}); use more data, fewer loader workers or a smaller batch")
             if consumed < plan.per_slot:
-                yield from self._epoch(plan, slot, consumed)
+                try:
+                    yield from self._epoch(plan, slot, consumed)
+                except DamagedShardsError as err:
+                    # Passed on for the main process to raise (TrainLoader): raised in a loader worker,
+                    # it would reach the user as a worker traceback instead of one line.
+                    yield {"_damaged": str(err)}
+                    return
             epoch, consumed = epoch + 1, 0
 
     def _epoch(self, plan: EpochPlan, slot: int, consumed: int) -> Iterator[dict]:
@@ -84,12 +92,14 @@ class SlotBatches(IterableDataset):
             n = min(K, plan.per_slot - block_start)
             raws = [next(reader) for _ in range(n)]
             perm = block_permutation(self.seed, plan.epoch, stream_to_global(intervals, block_start), n)
-            for j, idx in enumerate(perm):
+            pool = None if any(r is not None for r in raws) else self._borrowed_pool(plan, intervals, block_start)
+            block = ShuffleBlock(raws, perm, block_start, B, pool)
+            for j in range(n):
                 pos = block_start + j
                 if pos < consumed:
                     continue
-                sample, bad = self._decode_or_substitute(raws, int(idx))
-                substituted += bad
+                sample, stand_in = block.take(j, self.decoder, {s.key for s in pending})
+                substituted += stand_in
                 pending.append(sample)
                 if len(pending) == B:
                     batch = self.collator(pending, plan.epoch)
@@ -97,24 +107,18 @@ class SlotBatches(IterableDataset):
                     yield batch
                     pending, substituted = [], 0
 
-    def _decode_or_substitute(self, raws: list, idx: int):
-        """Decode ``raws[idx]``; if it is corrupt or missing, log it and use the
-        next decodable sample of the block, so batch counts stay equal on
-        every slot (an unequal count would hang the collectives)."""
-        n = len(raws)
-        for step in range(n):
-            raw = raws[(idx + step) % n]
-            if raw is None:
-                continue
-            try:
-                sample = self.decoder(raw)
-            except SampleError as err:
-                log.warning("skipping corrupt sample in %s: %s", raw.get("__url__"), err)
-                raws[(idx + step) % n] = None
-                continue
-            return sample, int(step > 0)
-        raise RuntimeError("every sample of a shuffle block failed to decode; the shards are damaged "
-                           "(run `opt-shards verify`)")
+    def _borrowed_pool(self, plan: EpochPlan, intervals: list, block_start: int) -> list[dict | None]:
+        """Stand-in candidates for a block none of whose samples could be read: the nearest block of the
+        slot run (earlier first) that has one. A function of the data alone, so resuming gives the same."""
+        K = self.shuffle_block
+        for distance in range(1, plan.per_slot // K + 2):
+            for start in (block_start - distance * K, block_start + distance * K):
+                if 0 <= start < plan.per_slot:
+                    raws = list(islice(self._read(plan, intervals, start), min(K, plan.per_slot - start)))
+                    if any(r is not None for r in raws):
+                        return raws
+        raise DamagedShardsError(f"no sample of the {plan.per_slot} of a loader slot in epoch {plan.epoch} could "
+                                 "be read: the shards in data.train_shards are missing or damaged")
 
     def _read(self, plan: EpochPlan, intervals: list, start: int) -> Iterator[dict | None]:
         """Raw samples of the slot run from stream position ``start`` on;

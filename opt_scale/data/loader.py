@@ -25,6 +25,7 @@ from .dataset import SlotBatches, SlotCursor
 from .decode import SampleDecoder
 from .plan import EpochPlan, Layout, shards_fingerprint
 from .sources import ShardInfo
+from .substitutes import DamagedShardsError, SubstitutionLimit
 from .tokenizer import Tokenizer
 from .worker_signals import ignore_stop_signals
 
@@ -79,7 +80,15 @@ class TrainLoader:
                                  persistent_workers=False, worker_init_fn=ignore_stop_signals if workers else None)
         self._iter = None
         self.epoch = min(c.epoch for c in start.values())
-        self.substituted = 0
+        self.substituted = 0   # stand-ins for missing or corrupt samples, since this process started
+        self._reported = 0
+        self.substitution_limit = SubstitutionLimit(data_cfg.max_substituted_fraction, rank)
+        self._epoch_samples: dict[int, int] = {}
+
+    def new_substitutes(self) -> int:
+        """Stand-ins served since the last call (for the training logs)."""
+        new, self._reported = self.substituted - self._reported, self.substituted
+        return new
 
     def _my_slots(self) -> list[int]:
         return [self.layout.slot(self.rank, w) for w in range(self.layout.workers_per_rank)]
@@ -96,10 +105,17 @@ class TrainLoader:
         if self._iter is None:
             self._iter = iter(self.loader)
         batch = next(self._iter)
+        if "_damaged" in batch:
+            raise DamagedShardsError(batch["_damaged"])
         slot = batch.pop("_slot")
         epoch = batch.pop("_epoch")
         self.slot_state[slot] = SlotCursor(epoch, batch.pop("_consumed"))
-        self.substituted += batch.pop("_substituted")
+        substituted = batch.pop("_substituted")
+        if substituted:
+            self.substituted += substituted
+            if epoch not in self._epoch_samples:
+                self._epoch_samples[epoch] = self.batches_per_epoch(epoch) * self.layout.batch_size
+            self.substitution_limit.add(epoch, substituted, self._epoch_samples[epoch])
         self.epoch = epoch
         self.batches_consumed += 1
         return batch

@@ -6,8 +6,12 @@ a list of global-position intervals to consume, split into equal contiguous
 runs, one per slot (rank x worker), each a whole number of batches. So every
 rank and worker yields the same number of batches whatever the shard count,
 including fewer shards than slots: no rank waits forever at an epoch's end.
-The few samples beyond the last whole batch per slot wait for a later epoch,
-whose shard order differs.
+The few samples beyond the last whole batch per slot (fewer than slots x
+batch size) are left out of that epoch, not carried into the next: they are
+the tail of the epoch's shard order, and the next epoch's order differs, so
+each epoch leaves out other samples. Nothing carried over means an epoch's
+plan depends on its own number only (and a resumed cursor's intervals),
+which keeps resume exact and every slot's batch count equal.
 
 A slot's cursor is just (epoch, samples consumed). From the cursors of every
 slot the unread remainder of an epoch is known exactly, which lets a resumed

@@ -10,8 +10,9 @@ A spec is one of, or a comma-separated mix of:
 * ``pipe:`` commands and ``http(s)://`` URLs (brace patterns allowed).
 
 Exact epochs need every shard's sample count up front. Indexes carry it;
-local tars are counted from their headers; remote shards without an index
-are refused with a message saying what to pass instead.
+local tars are counted from their headers (a tar cut short counts its whole
+samples, with a warning); remote shards without an index are refused with a
+message saying what to pass instead.
 """
 
 from __future__ import annotations

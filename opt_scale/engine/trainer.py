@@ -48,6 +48,7 @@ class RunSummary:
     checkpoint: str
     tensorboard: str
     stop_signal: str = ""   # the signal that stopped training before train.steps; "" if it ran to the end
+    substituted_samples: int = 0  # stand-ins for missing or corrupt samples (all ranks; see data/substitutes.py)
 
 
 def fill_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> None:
@@ -202,6 +203,7 @@ class Trainer:
         cfg, state = self.cfg, self.state
         first_step, self.first_loss, self.last_loss = state.step, None, None
         self.window, self.bad_streak, self.data_wait = Window(), 0, 0.0
+        self.substituted = 0
         self.window_start = loop_start = time.perf_counter()
         last_ckpt = None
         while state.step < cfg.train.steps:
@@ -240,7 +242,8 @@ class Trainer:
         return RunSummary(steps=state.step, first_loss=self.first_loss or float("nan"),
                           last_loss=self.last_loss or float("nan"), samples_per_s=samples / max(loop_seconds, 1e-9),
                           skipped_steps=state.skipped_steps, checkpoint=str(last_ckpt),
-                          tensorboard=str(self.out_dir / "tensorboard"), stop_signal=self.preemption.stop_signal)
+                          tensorboard=str(self.out_dir / "tensorboard"), stop_signal=self.preemption.stop_signal,
+                          substituted_samples=self.substituted)
 
     def _train_step(self) -> list[str]:
         """One optimizer step over ``grad_accum`` micro-batches; the sample keys it used."""
@@ -282,12 +285,15 @@ class Trainer:
     def _log_window(self, first_step: int) -> None:
         """Reduce the window over ranks; write TensorBoard and the console line (collective)."""
         elapsed = time.perf_counter() - self.window_start
+        self.window.total({"data/substituted": self.loader.new_substitutes()})
         means, totals = self.window.reduce()
+        self.substituted += int(totals.pop("data/substituted"))
         means.update({
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
             "train/skipped_steps": self.state.skipped_steps,
             "train/epoch": self.loader.epoch,
+            "data/substituted_samples": self.substituted,
             "throughput/samples_per_s": self.window.steps * self.global_batch / elapsed,
             "throughput/data_wait_fraction": self.data_wait / elapsed,
             "memory/peak_bytes": peak_memory_bytes(),
