@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from opt_scale.config import RunConfig, load_config
@@ -62,3 +64,24 @@ def test_opt_train_cli_refuses_unknown_key_at_once():
     proc = run_cli(["opt-train", "--config", "tiny", "--set", "model.no_such_key=1"], check=False, timeout=60)
     assert proc.returncode == 2
     assert "model.no_such_key" in proc.stderr
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.lr=Infinity", "train.lr"), ("train.lr=NaN", "train.lr"), ("train.weight_decay=-Infinity",
+                                                                      "train.weight_decay"),
+    ("tasks.matching.class_probs=[0.2,0.2,0.2,0.2,NaN]", "tasks.matching.class_probs"),
+    ("train.steps=Infinity", "train.steps"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"config key '{key.replace('.', chr(92) + '.')}'"):
+        load_config("tiny", [override])
+
+
+def test_a_config_file_with_a_non_finite_number_is_refused(tmp_path):
+    # Python's json writes and reads NaN/Infinity: a config.json edited or written by a script can carry one.
+    data = to_dict(load_config("tiny"))
+    data["train"]["grad_clip"] = float("nan")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"config key 'train\.grad_clip' must be a finite number"):
+        load_config(str(path))
