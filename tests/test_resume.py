@@ -143,3 +143,16 @@ def test_resume_on_a_different_world_size_uses_a_universal_checkpoint(tiny_overr
             seen += json.loads(line)["keys"]
     assert len(seen) == len(set(seen)) == 2 * 3 * 4 + 2 * 4
     assert max(dict(read_scalars(run / "tensorboard")["loss/total"])) == 5
+
+
+def test_non_finite_weights_after_an_applied_step_stop_the_run(tiny_overrides, tmp_path):
+    # Adam with eps=0 divides 0 by 0 where a gradient is exactly zero (embedding rows of tokens not in the
+    # batch): the step's gradients are finite, so DeepSpeed applies it, and those weights become NaN. Without
+    # the check the later steps are skipped as non-finite and the run exits 0 with NaN in its checkpoints.
+    run = tmp_path / "run"
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *overrides(tiny_overrides, run), "train.steps=3",
+                    "train.eps=0", "train.checkpoint_every=1"], timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "step 1: non-finite weights after the optimizer step" in out, out[-3000:]
+    assert not (run / "checkpoints" / "step_00000001").exists()  # stopped before checkpointing them
