@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from opt_scale.engine.checkpoint import MARKER, complete_checkpoints, damaged_files, verify_files
+from opt_scale.engine import checkpoint
+from opt_scale.engine.checkpoint import MARKER, complete_checkpoints, verify_files
 
 from .conftest import run_cli, torchrun_args
 from .test_resume import overrides
@@ -50,7 +51,7 @@ def test_disk_full_names_the_cause_removes_the_partial_write_and_keeps_the_previ
         # The partial write is gone (its space is free again), the previous checkpoint is whole.
         assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith(("step_", "abandoned"))) == \
             ["step_00000001"]
-        assert damaged_files(ckpts / "step_00000001") == []
+        assert checkpoint.damaged_files(ckpts / "step_00000001") == []
 
         subprocess.run(["mount", "-o", "remount,size=200m", str(ckpts)], check=True)
         resumed = run_cli(["opt-train", "--config", "tiny", "--set", *base, "train.steps=2", "train.resume=auto"],
@@ -99,12 +100,12 @@ def test_stray_files_do_not_damage_a_complete_checkpoint_and_old_records_load(tr
     tag_dir = copy_checkpoint(trained_run, tmp_path / "run")
     (tag_dir / ".nfs0000000000a1b2c300000001").write_bytes(b"silly-renamed by an NFS client")
     (tag_dir / "notes.txt").write_text("a user's file")
-    assert damaged_files(tag_dir) == []
+    assert checkpoint.damaged_files(tag_dir) == []
     assert verify_files(tag_dir, rank=0)  # one process: rank 0 checks every rank's files
     # A recorded file that is missing still is damage.
     (tag_dir / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
     assert not verify_files(tag_dir, rank=0)
-    assert "zero_pp_rank_1_mp_rank_00_model_states.pt is missing" in damaged_files(tag_dir)[0]
+    assert "zero_pp_rank_1_mp_rank_00_model_states.pt is missing" in checkpoint.damaged_files(tag_dir)[0]
 
     # A record written before content hashes: checked by size, loadable, with a warning.
     shutil.copyfile(trained_run / "checkpoints" / "step_00000004" / "zero_pp_rank_1_mp_rank_00_model_states.pt",
@@ -114,7 +115,7 @@ def test_stray_files_do_not_damage_a_complete_checkpoint_and_old_records_load(tr
         del entry["sha256"]
     (tag_dir / MARKER).write_text(json.dumps(marker))
     with caplog.at_level(logging.WARNING):
-        assert damaged_files(tag_dir) == []
+        assert checkpoint.damaged_files(tag_dir) == []
     assert "no content hash" in caplog.text
 
 
