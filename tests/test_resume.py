@@ -1,7 +1,9 @@
 """Exact resume: kill -9 mid-run, damaged checkpoints, NaN guard, world-size change."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -10,6 +12,7 @@ from collections import defaultdict
 import pytest
 
 from opt_scale.bench.events import read_scalars
+from opt_scale.engine.checkpoint import complete_checkpoints
 
 from .conftest import REPO, run_cli, torchrun_args
 
@@ -37,6 +40,20 @@ def overrides(base: list[str], out, *extra) -> list[str]:
             "train.log_samples=true", *extra]
 
 
+def kill9_job(proc) -> None:
+    """SIGKILL the launcher and every process under it at once, as a node failure or Slurm's cgroup kill
+    does. torchrun starts each rank in its own session, so killing its process group alone leaves the
+    ranks training on (and writing checkpoints) as orphans."""
+    import psutil
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait(timeout=60)
+    psutil.wait_procs(procs, timeout=60)
+
+
 @pytest.mark.distributed
 def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_path):
     steps = ["train.steps=9", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
@@ -53,13 +70,20 @@ def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_p
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill9_job(proc)
     assert not (cut / "checkpoints" / "step_00000009").exists()
+    # The newest checkpoint that survived the kill (step 4, or 6 if the kill came late): the resume must start
+    # there. A restart from scratch logs the same losses, so only the log can tell them apart.
+    newest = complete_checkpoints(cut / "checkpoints")[0]
+    start = int(newest.name.removeprefix("step_"))
+    assert start >= 4
 
     resumed = run_cli(torchrun_args(2) + ["--config", "tiny", "--set",
                                           *overrides(tiny_overrides, cut, *steps, "train.resume=auto")], timeout=600)
-    assert "resumed from" in resumed.stdout
+    assert f"resumed from {newest} (step {start}" in resumed.stdout, \
+        [line for line in resumed.stdout.splitlines() if "resumed from" in line]
+    trained = [int(m) for m in re.findall(r"opt_scale\.engine\.metrics: step (\d+)/9 ", resumed.stdout)]
+    assert trained == list(range(start + 1, 10)), trained
 
     want, got = losses_by_step(ref), losses_by_step(cut)
     for tag in LOSS_TAGS:
@@ -97,10 +121,11 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_overrides, tm
     assert "resumed from" in out and "step_00000002" in out
     losses = losses_by_step(run)["loss/total"]
     assert max(losses) == 5
-    # The run that went on from step 2 set the newer (damaged, torn) directories aside, so rotation and a
-    # later resume=auto see only its own line of checkpoints.
+    # The run that went on from step 2 set the newer damaged directory aside and deleted the torn write (never
+    # loadable, and on a full disk the space it holds is needed), so rotation and a later resume=auto see
+    # only its own line of checkpoints.
     abandoned = list(ckpts.glob("abandoned-*"))
-    assert len(abandoned) == 1 and sorted(p.name for p in abandoned[0].iterdir()) == ["step_00000004", "step_00000006"]
+    assert len(abandoned) == 1 and sorted(p.name for p in abandoned[0].iterdir()) == ["step_00000004"]
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000004", "step_00000005"]
 
     # Started again once finished: nothing to train, and its checkpoint is left as it is.
@@ -143,3 +168,16 @@ def test_resume_on_a_different_world_size_uses_a_universal_checkpoint(tiny_overr
             seen += json.loads(line)["keys"]
     assert len(seen) == len(set(seen)) == 2 * 3 * 4 + 2 * 4
     assert max(dict(read_scalars(run / "tensorboard")["loss/total"])) == 5
+
+
+def test_non_finite_weights_after_an_applied_step_stop_the_run(tiny_overrides, tmp_path):
+    # Adam with eps=0 divides 0 by 0 where a gradient is exactly zero (embedding rows of tokens not in the
+    # batch): the step's gradients are finite, so DeepSpeed applies it, and those weights become NaN. Without
+    # the check the later steps are skipped as non-finite and the run exits 0 with NaN in its checkpoints.
+    run = tmp_path / "run"
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *overrides(tiny_overrides, run), "train.steps=3",
+                    "train.eps=0", "train.checkpoint_every=1"], timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "step 1: non-finite weights after the optimizer step" in out, out[-3000:]
+    assert not (run / "checkpoints" / "step_00000001").exists()  # stopped before checkpointing them

@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import os
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from opt_scale.engine.checkpoint import CheckpointError
     from opt_scale.engine.export import export_checkpoint
-    out = export_checkpoint(args.checkpoint, args.out)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except CheckpointError as err:
+        print(f"opt-export: error: {err}", file=sys.stderr)
+        return 2
     print(f"exported to {out}: {', '.join(sorted(p.name for p in Path(out).iterdir()))}")
     return 0
 

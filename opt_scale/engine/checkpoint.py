@@ -9,10 +9,18 @@ before DeepSpeed touches them; the ranks agree (all-reduce) on the verdict,
 so a damaged newest checkpoint makes all of them fall back to the previous
 one together, instead of one rank failing inside a collective and hanging
 the rest.
+
+Only the files named in the marker matter: a stray file next to them (an NFS
+``.nfs*`` silly-rename, an editor's backup) does not make a complete
+checkpoint damaged. A save that fails (disk full, directory not writable)
+removes its partial directory, leaves the previous checkpoint as it was, and
+stops the run with one line naming the cause and the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -28,11 +36,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from opt_scale.utils.config_tools import ConfigError
+
 from .distributed import collective_device
 
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE.json"
 TAG_RE = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be written, or is damaged. A ConfigError, so that
+    the command line tools report it as one line and exit 2: the user must
+    act (free space, fix permissions, pick another checkpoint) before a retry
+    can succeed, and a traceback would add nothing."""
 
 
 def tag_for(step: int) -> str:
@@ -60,15 +77,103 @@ def _sha256(path: Path) -> str:
 
 
 def _files_of_rank(tag_dir: Path, rank: int) -> list[Path]:
-    """Files this rank writes/reads: its own partitions, plus (rank 0) the shared ones."""
-    mine = []
-    for p in sorted(tag_dir.iterdir()):
-        if p.name == MARKER or not p.is_file():
-            continue
-        m = re.search(r"zero_pp_rank_(\d+)_", p.name)
-        if (m and int(m.group(1)) == rank) or (not m and rank == 0):
-            mine.append(p)
-    return mine
+    """Files this rank wrote: its own partitions, plus (rank 0) the shared ones."""
+    return [p for p in sorted(tag_dir.iterdir())
+            if p.name != MARKER and p.is_file() and _owner(p.name) == rank]
+
+
+def _owner(name: str) -> int:
+    """The rank that writes (and on resume reads) a checkpoint file."""
+    m = re.search(r"zero_pp_rank_(\d+)_", name)
+    return int(m.group(1)) if m else 0
+
+
+def file_problem(tag_dir: Path, name: str, want: dict) -> str | None:
+    """Why ``tag_dir/name`` is not the file the marker recorded; None if it is.
+
+    Markers written before hashes were recorded carry only sizes: those
+    files are checked by size (a flipped byte goes unseen), with a warning."""
+    path = tag_dir / name
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != want["bytes"]:
+        return f"{path} has {size} bytes, {want['bytes']} were written"
+    if "sha256" not in want:
+        log.warning("%s: the checkpoint's record has no content hash (an older checkpoint); checked its size "
+                    "only", path)
+    elif _sha256(path) != want["sha256"]:
+        return f"{path} differs from what was written (SHA-256 mismatch)"
+    return None
+
+
+def damaged_files(tag_dir: Path) -> list[str]:
+    """Every recorded file of ``tag_dir`` checked (not collective): the problems found."""
+    try:
+        expected = read_marker(tag_dir)["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"{tag_dir / MARKER} is unreadable ({type(exc).__name__}: {exc})"]
+    return [why for name, want in sorted(expected.items()) if (why := file_problem(tag_dir, name, want))]
+
+
+def _write_marker(tag_dir: Path, marker: dict) -> None:
+    tmp = tag_dir / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=1))
+    os.replace(tmp, tag_dir / MARKER)
+
+
+def _describe(exc: OSError) -> str:
+    return f"{(exc.strerror or str(exc)).lower()} ({exc.filename or ''})".replace(" ()", "")
+
+
+def _os_error(action, path: Path) -> str | None:
+    """Run ``action``; a one-line description of the OSError it raised, or None."""
+    try:
+        action()
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"checkpoint directory {path.parent} is not writable ({_describe(exc)})"
+        return f"writing checkpoint {path} failed: {_describe(exc)}"
+    return None
+
+
+def _diagnose(tag_dir: Path, exc: Exception) -> str:
+    """Name the cause of a failed write that torch reported without an errno.
+
+    A write that ran out of space leaves the file system (nearly) full, so a
+    small probe written and synced where the checkpoint was going fails with
+    the real reason (ENOSPC, EDQUOT, EROFS...)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _describe(exc)
+    probe = tag_dir / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as probe_exc:
+        return (probe_exc.strerror or str(probe_exc)).lower()
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def ensure_writable(root: Path) -> None:
+    """Collective: refuse, before any heavy work, a checkpoint directory that
+    cannot be written (read-only mount, no permission); every rank checks its
+    own view of it (node-local mounts differ) and all agree."""
+    problem = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problem = f"checkpoint directory {root} is not writable ({_describe(exc)})"
+    problems = [p for p in _all_gather(problem) if p]
+    if problems:
+        raise CheckpointError(problems[0])
 
 
 def _all_gather(obj):
@@ -105,28 +210,53 @@ class Checkpointer:
     def save(self, step: int, client_state: dict) -> Path:
         tag = tag_for(step)
         tag_dir = self.root / tag
+        error = None
         if self.rank == 0:
             # A leftover of an interrupted save of this same step, and the
             # universal conversion of an older checkpoint of that name.
             shutil.rmtree(tag_dir, ignore_errors=True)
             shutil.rmtree(tag_dir.with_name(tag_dir.name + ".universal"), ignore_errors=True)
-        if dist.is_initialized():
-            dist.barrier()
+            # Created here, not by DeepSpeed: it ignores a failed mkdir, and
+            # torch.save then reports "Parent directory does not exist".
+            error = _os_error(lambda: tag_dir.mkdir(parents=True, exist_ok=True), tag_dir)
+        error = _from_rank0(error)
+        if error is not None:
+            raise CheckpointError(error)
         started = time.time()
-        self.engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files_of_rank(tag_dir, self.rank)}
-        all_files = _all_gather(files)  # also a barrier: every rank's write is finished
+        files = {}
+        try:
+            self.engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+        except Exception as exc:  # torch.save's C++ errors carry no errno: "basic_ios::clear", "unexpected pos"
+            error = f"writing checkpoint {tag_dir} failed on rank {self.rank}: {_diagnose(tag_dir, exc)}"
+            if dist.is_initialized():
+                dist.barrier()  # the one that ends DeepSpeed's save, where the ranks that succeeded wait
+        if error is None:
+            try:
+                files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                         for p in _files_of_rank(tag_dir, self.rank)}
+            except OSError as exc:
+                error = f"reading back checkpoint {tag_dir} failed on rank {self.rank}: {_describe(exc)}"
+        reports = _all_gather((files, error))  # also a barrier: every rank's write is finished
+        errors = [e for _, e in reports if e]
         if self.rank == 0:
-            marker = {"step": step, "world_size": len(all_files), "time": time.time(),
-                      "files": {k: v for f in all_files for k, v in f.items()},
-                      "client_keys": sorted(client_state)}
-            tmp = tag_dir / (MARKER + ".tmp")
-            tmp.write_text(json.dumps(marker, indent=1))
-            os.replace(tmp, tag_dir / MARKER)
-            log.info("checkpoint %s written in %.1fs", tag_dir, time.time() - started)
-            self._rotate()
-        if dist.is_initialized():
-            dist.barrier()
+            if not errors:
+                marker = {"step": step, "world_size": len(reports), "time": time.time(),
+                          "files": {k: v for f, _ in reports for k, v in f.items()},
+                          "client_keys": sorted(client_state)}
+                error = _os_error(lambda: _write_marker(tag_dir, marker), tag_dir)
+                errors += [error] if error else []
+            if errors:
+                # Kept, the partial directory would hold the space that ran
+                # out; it is never loaded (no marker) and a retry rewrites it.
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            else:
+                log.info("checkpoint %s written in %.1fs", tag_dir, time.time() - started)
+                self._rotate()
+        errors = _from_rank0(errors)
+        if errors:
+            previous = [p for p in complete_checkpoints(self.root) if p.name < tag]
+            raise CheckpointError(f"{errors[0]}; removed the partial checkpoint, the previous one "
+                                  f"({previous[0] if previous else 'none'}) is unchanged")
         return tag_dir
 
     def _rotate(self) -> None:
@@ -138,21 +268,30 @@ class Checkpointer:
 
     def set_aside_newer(self, step: int) -> None:
         """Collective. A run resumed from an older checkpoint than the newest
-        (a roll-back, or a fall-back past a damaged one) moves the newer step
-        directories into ``abandoned-<time>/``: rotation keeps the highest
-        steps, so left in place they would make it delete the resumed run's
-        own checkpoints as they are written, and ``resume=auto`` would later
-        jump back onto the abandoned line."""
+        (a roll-back, or a fall-back past a damaged one) moves the newer
+        complete step directories into ``abandoned-<time>/``: rotation keeps
+        the highest steps, so left in place they would make it delete the
+        resumed run's own checkpoints as they are written, and
+        ``resume=auto`` would later jump back onto the abandoned line. Newer
+        partial writes (no marker; never loadable) are deleted: kept, they
+        would hold on to the space a full disk needs back."""
         if self.rank == 0 and self.root.is_dir():
             newer = sorted(p for p in self.root.iterdir()
                            if (m := TAG_RE.match(p.name.removesuffix(".universal"))) and int(m.group(1)) > step)
-            if newer:
+            partial = [p for p in newer if not (p / MARKER).is_file()]
+            for p in partial:
+                shutil.rmtree(p, ignore_errors=True)
+            complete = [p for p in newer if p not in partial]
+            if partial:
+                log.warning("resumed from step %d: deleted the partial checkpoint writes %s", step,
+                            ", ".join(p.name for p in partial))
+            if complete:
                 dest = self.root / time.strftime("abandoned-%Y%m%d-%H%M%S")
                 dest.mkdir(exist_ok=True)
-                for p in newer:
+                for p in complete:
                     os.replace(p, dest / p.name)
                 log.warning("resumed from step %d: moved the %d newer checkpoint directories to %s", step,
-                            len(newer), dest)
+                            len(complete), dest)
         if dist.is_initialized():
             dist.barrier()
 
@@ -213,30 +352,24 @@ def resolve_resume(root: Path, spec: str, world_size: int) -> ResumePoint | None
 
 
 def verify_files(tag_dir: Path, rank: int) -> bool:
-    """Collective: every rank checks its files against the marker; all agree.
+    """Collective: every rank checks the recorded files it will read; all agree.
 
-    A run resumed on fewer ranks than wrote the checkpoint has rank 0 also
-    check the files of the ranks that no longer exist."""
-    ok, why = True, ""
+    A rank reads the files of the ranks ``r`` with ``r % world == rank`` (on
+    fewer ranks than wrote the checkpoint, rank 0 also checks the files of
+    the ranks that no longer exist). Files that are not in the record are not
+    looked at."""
+    why = None
     try:
-        marker = read_marker(tag_dir)
-        expected = marker["files"]
+        expected = read_marker(tag_dir)["files"]
         world = dist.get_world_size() if dist.is_initialized() else 1
-        mine = [p for r in range(rank, max(world, marker["world_size"]), world) for p in _files_of_rank(tag_dir, r)]
-        for p in mine:
-            want = expected.get(p.name)
-            if want is None or p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
-                ok, why = False, f"{p.name} differs from what was written"
+        for name, want in sorted(expected.items()):
+            if _owner(name) % world == rank and (why := file_problem(tag_dir, name, want)):
                 break
-        present = {p.name for p in tag_dir.iterdir()}
-        missing = sorted(n for n in expected if n not in present)
-        if ok and missing:
-            ok, why = False, f"missing {missing}"
-    except Exception as exc:  # unreadable marker, vanished files...
-        ok, why = False, f"{type(exc).__name__}: {exc}"
-    if not ok:
+    except Exception as exc:  # unreadable marker, files vanishing while read...
+        why = f"{type(exc).__name__}: {exc}"
+    if why:
         log.warning("rank %d: checkpoint %s is damaged (%s)", rank, tag_dir, why)
-    return _all_true(ok)
+    return _all_true(why is None)
 
 
 def ensure_universal(tag_dir: Path, rank: int) -> Path:

@@ -3,7 +3,8 @@
 The training config owns micro batch, accumulation, clipping and precision;
 the DeepSpeed file says ``"auto"`` for them and we fill them in. A file that
 states a literal value different from the training config is refused with a
-message naming both keys, instead of one silently winning.
+message naming both keys, instead of one silently winning. A key DeepSpeed
+does not know (a typo) is refused too (see ds_keys.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from opt_scale.utils.config_tools import ConfigError
 
 from .config import TrainConfig
+from .ds_keys import check_known_keys
 
 REPO_DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 AUTO = "auto"
@@ -66,6 +68,7 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict:
                               f"set it to \"auto\" or make the two agree")
     if precision == "fp16":
         ds["fp16"].setdefault("loss_scale", 0)  # dynamic loss scaling
+    check_known_keys(ds, path)
     return ds
 
 

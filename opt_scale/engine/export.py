@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import MARKER, complete_checkpoints, read_marker
+from .checkpoint import MARKER, CheckpointError, complete_checkpoints, damaged_files, read_marker
 
 EXPORT_FORMAT = "opt-scale-export-v1"
 
@@ -79,6 +79,12 @@ def split_aliases(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (+ tokenizer, VQ) to ``out_dir``."""
     tag_dir = find_checkpoint(checkpoint)
+    # zero_to_fp32 reads whatever bytes it finds: a flipped bit becomes a
+    # weight off by 1e37, exported without complaint. Check them first.
+    problems = damaged_files(tag_dir)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"checkpoint {tag_dir} is damaged: {problems[0]}{more}; nothing exported")
     marker = read_marker(tag_dir)
     client = torch.load(next(tag_dir.glob("*model_states.pt")), map_location="cpu", weights_only=False)
     config = client.get("config")

@@ -22,8 +22,9 @@ from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
 
 from . import distributed
-from .checkpoint import Checkpointer, resolve_resume, tag_for
+from .checkpoint import Checkpointer, ensure_writable, resolve_resume, tag_for
 from .export import gather_full_state_dict
+from .finite_weights import check_finite_weights
 from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
@@ -153,6 +154,7 @@ class Trainer:
         if self.dist_env.is_main:
             self._write_run_files()
 
+        ensure_writable(self.out_dir / "checkpoints")
         resume_point = resolve_resume(self.out_dir / "checkpoints", cfg.train.resume, self.world)
         if resume_point is not None and resume_point.universal:
             self.ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
@@ -215,6 +217,7 @@ class Trainer:
                 self.sample_log.write(json.dumps({"step": state.step, "keys": keys}) + "\n")
                 self.sample_log.flush()
             self._check_step_applied()
+            check_finite_weights(self.engine, state.step)
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
                 self._log_window(first_step)
             if self.pretraining and self.evaluator.enabled(state.step):
