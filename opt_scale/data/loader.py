@@ -75,7 +75,13 @@ class TrainLoader:
                                    data_cfg.shuffle_block,
                                    worker_offset=self.batches_consumed % self.layout.workers_per_rank)
         workers = data_cfg.num_workers
+        # A generator of its own: creating the iterator draws the workers' base
+        # seed from it, and from the global torch RNG otherwise. That draw comes
+        # before the first step of every process, so a resumed run would shift
+        # the dropout RNG it had just restored from the checkpoint by one draw.
+        # (Our batches never use the workers' seed: masks come from per-sample seeds.)
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                 generator=torch.Generator().manual_seed(self.seed),
                                  prefetch_factor=data_cfg.prefetch_factor if workers else None,
                                  persistent_workers=False, worker_init_fn=ignore_stop_signals if workers else None)
         self._iter = None
