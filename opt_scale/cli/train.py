@@ -7,7 +7,8 @@ size come from the environment). Examples::
               --set data.tokenizer=runs/demo/tokenizer.model
     torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
 
-Exit codes: 0 trained to ``train.steps``; 2 bad configuration; 75 stopped
+Exit codes: 0 trained to ``train.steps``; 2 bad configuration or input (one
+line ``opt-train: error: ...`` naming the key, printed by rank 0); 75 stopped
 early by SIGUSR1 or SIGTERM after writing a checkpoint: requeue the job and it
 resumes with ``train.resume=auto`` (see opt_scale/engine/preemption.py).
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from opt_scale.utils.config_tools import ConfigError, dumps
+from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.utils.config_tools import dumps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,17 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_usage_errors("opt-train")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.overrides for item in group]
     if args.task:
         overrides.insert(0, f"train.task={args.task}")
     from opt_scale.config import load_config
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"opt-train: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         print(dumps(cfg))
         return 0
@@ -63,12 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                     title=f"OPT {args.config}: vocab {vocab}, lengths text {cfg.model.text.max_len} / image "
                           f"{cfg.model.vision.num_patches} / audio {cfg.model.audio.max_seconds:g}s")
         return 0
+    from opt_scale.engine.run_inputs import validate_run_inputs
+    validate_run_inputs(cfg)  # before the trainer's imports, process group and engine: bad paths fail in a second
     from opt_scale.engine.trainer import train
-    try:
-        summary = train(cfg)
-    except ConfigError as err:
-        print(f"opt-train: error: {err}", file=sys.stderr)
-        return 2
+    summary = train(cfg)
     from opt_scale.engine.distributed import detect
     from opt_scale.engine.preemption import REQUEUE_EXIT_CODE
     if detect().is_main:
