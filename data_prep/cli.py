@@ -11,7 +11,11 @@ import argparse
 import logging
 import sys
 
-EXIT_PROBLEMS, EXIT_USAGE, EXIT_FAILURE_RATE = 1, 2, 3
+from opt_scale.utils.cli_errors import UsageError, reports_usage_errors
+from opt_scale.utils.config_tools import ConfigError
+from opt_scale.utils.input_paths import existing_file, writable_dir
+
+EXIT_PROBLEMS, EXIT_FAILURE_RATE = 1, 3
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -80,6 +84,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect_shards import inspect_shard
+    existing_file(args.shard, "SHARD", hint="give one shard (.tar); `opt-shards verify` takes a directory")
+    writable_dir(args.out, "--out")
     written = inspect_shard(args.shard, args.n, args.out)
     print(f"wrote {len(written)} files to {args.out} (contact sheet: {args.out}/contact_sheet.png)")
     return 0
@@ -172,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-report", type=int, default=50, help="print at most this many problems")
 
     s = _sub(sub, "inspect", "export a few samples as PNG + WAV + caption, and a contact sheet", _inspect)
-    s.add_argument("shard", help="shard path (.tar)")
+    s.add_argument("shard", metavar="SHARD", help="shard path (.tar)")
     s.add_argument("--n", type=int, default=8, help="number of samples to export (from the start of the shard)")
     s.add_argument("--out", required=True, help="output directory")
 
@@ -187,14 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_usage_errors("opt-shards")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ConfigError:  # already names its flag or key
+        raise
     except (FileNotFoundError, ValueError) as exc:  # bad options or inputs (BuildConfigError is one): say which
-        print(f"opt-shards {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{args.command}: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .index_checks import check_segment_ids
 from .triton_support import triton_usable_for
 
 BACKENDS = ("auto", "sdpa", "triton", "blocked")
@@ -53,6 +54,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               backend: str | None = None):
     if (q_segments is None) != (k_segments is None) or ((q_segments is None) != (allowed_pairs is None)):
         raise ValueError("q_segments, k_segments and allowed_pairs go together")
+    if allowed_pairs is not None:
+        check_segment_ids(q_segments, k_segments, allowed_pairs.shape[0])  # before any backend reads them
     chosen = choose_backend(q, backend, num_segments=allowed_pairs.shape[0] if allowed_pairs is not None else 0)
     if chosen == "sdpa":
         return attention_reference(q, k, v, key_lengths=key_lengths, q_segments=q_segments,

@@ -32,6 +32,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .index_checks import check_targets
 from .masked_loss_chunked import ChunkedLinearCrossEntropy, cross_entropy_chunk_torch, rows_per_chunk
 from .triton_support import triton_usable_for
 
@@ -47,6 +48,7 @@ def masked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias
     flat = hidden.reshape(-1, hidden.shape[-1])
     selected = flat.index_select(0, positions.reshape(-1).long())
     targets = targets.reshape(-1)
+    check_targets(targets, weight.shape[0], ignore_index)  # before any backend reads them
     chosen = choose_backend(hidden, backend)
     if chosen == "reference":
         return masked_cross_entropy_reference(selected, weight, bias, targets, label_smoothing=label_smoothing,

@@ -38,7 +38,11 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
     if name_or_path in PRESETS:
         cfg = PRESETS[name_or_path]()
     elif Path(name_or_path).is_file():
-        cfg = from_dict(RunConfig, json.loads(Path(name_or_path).read_text()))
+        try:
+            data = json.loads(Path(name_or_path).read_text())
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+            raise ConfigError(f"--config {name_or_path!r} is not a readable JSON file ({err})") from err
+        cfg = from_dict(RunConfig, data)
     else:
         raise ConfigError(f"--config {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
     return apply_overrides(cfg, overrides or []) if overrides else validate(cfg)

@@ -220,3 +220,38 @@ def test_forcing_triton_without_interpreter_fails_loudly(monkeypatch):
     inp = make_inputs(CASES[4], torch.float32)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         attention(inp["q"], inp["k"], inp["v"], backend="triton")
+
+
+# ---- bad segment ids: refused the same way by every backend (the kernels would read another segment's bits)
+
+def tiny_segment_inputs(bad_id: int | None) -> dict:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 8, 16, generator=g) for _ in range(3))
+    segments = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1]])
+    if bad_id is not None:
+        segments[0, 5] = bad_id
+    allowed = torch.tensor([[True, False], [True, True]])
+    return dict(q=q, k=k, v=v, q_segments=segments, k_segments=segments, allowed_pairs=allowed)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 2, 7], ids=["minus_one", "table_size", "beyond"])
+def test_segment_ids_outside_the_table_are_refused_alike_by_every_backend(bad_id: int):
+    inp = tiny_segment_inputs(bad_id)
+    errors = {}
+    for backend in ("sdpa", "triton", "blocked"):
+        with pytest.raises(Exception) as info:
+            attention(inp["q"], inp["k"], inp["v"], q_segments=inp["q_segments"], k_segments=inp["k_segments"],
+                      allowed_pairs=inp["allowed_pairs"], backend=backend)
+        errors[backend] = (type(info.value), str(info.value))
+    assert len(set(errors.values())) == 1, errors
+    kind, message = errors["sdpa"]
+    assert kind is ValueError and "q_segments" in message and "allowed_pairs" in message and str(bad_id) in message
+
+
+def test_segment_ids_changed_in_place_after_a_good_call_are_checked_again():
+    inp = tiny_segment_inputs(None)
+    kw = dict(q_segments=inp["q_segments"], k_segments=inp["k_segments"], allowed_pairs=inp["allowed_pairs"])
+    attention(inp["q"], inp["k"], inp["v"], **kw)  # valid: passes (and is remembered as checked)
+    inp["q_segments"][0, 2] = 5
+    with pytest.raises(ValueError, match="q_segments"):
+        attention(inp["q"], inp["k"], inp["v"], **kw)

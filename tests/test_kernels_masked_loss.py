@@ -175,3 +175,30 @@ def test_fp16_gradients_of_many_rows_keep_their_precision():
                                                                          backend="chunked")[0])
     for g, r in zip(got, want):
         assert float((g - r).norm() / r.norm()) < 2e-3  # fp16's own rounding: ~3e-4
+
+
+@pytest.mark.parametrize("bad", ["vocab", "negative"])
+def test_targets_outside_the_vocabulary_are_refused_alike_by_every_backend(bad: str):
+    """The Triton kernel would read past the row (a different garbage loss each run); PyTorch raises its own
+    IndexError/RuntimeError. Every backend must refuse with one ValueError; ignore_index stays valid."""
+    inp = make_inputs(torch.float32, vocab=37, batch=1, length=9, selected=6, ignored=2, hidden_dim=8)
+    counted = (inp["targets"] != -100).nonzero()[0, 0]
+    inp["targets"][counted] = 37 if bad == "vocab" else -3
+    errors = {}
+    for backend in ("chunked", "triton", "reference"):
+        with pytest.raises(Exception) as info:
+            masked_linear_cross_entropy(inp["hidden"], inp["weight"], inp["bias"], inp["positions"],
+                                        inp["targets"], backend=backend)
+        errors[backend] = (type(info.value), str(info.value))
+    assert len(set(errors.values())) == 1, errors
+    kind, message = errors["chunked"]
+    assert kind is ValueError and "targets" in message and ("37" if bad == "vocab" else "-3") in message
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton", "reference"])
+def test_a_custom_ignore_index_is_not_an_out_of_range_target(backend: str):
+    inp = make_inputs(torch.float32, vocab=37, batch=1, length=9, selected=6, ignored=2, hidden_dim=8)
+    inp["targets"][inp["targets"] == -100] = 99
+    loss, count = masked_linear_cross_entropy(inp["hidden"], inp["weight"], inp["bias"], inp["positions"],
+                                              inp["targets"], ignore_index=99, backend=backend)
+    assert int(count) == 4 and torch.isfinite(loss)

@@ -2,6 +2,9 @@
 
 Every subcommand prints a table, writes JSON (``--json``), and with ``--plot``
 draws a PNG; results carry the machine description.
+
+Exit codes: 0 done; 1 a benchmark's own check failed; 2 bad options or input
+(one line ``opt-bench: error: ...``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import argparse
 import importlib
 import importlib.util
 import sys
+
+from opt_scale.utils.cli_errors import reports_usage_errors
 
 from .machine import describe
 from .report import write_json
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_usage_errors("opt-bench")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -5,6 +5,9 @@ or a run directory (its newest complete checkpoint). Runs on one process, or
 under ``torchrun``/``srun`` with the work split over ranks. ``opt-eval
 report`` needs no checkpoint: it renders what the other commands wrote as
 markdown (the README's results section is written by it).
+
+Exit codes: 0 done; 2 bad options or input (one line ``opt-eval: error: ...``
+naming the flag, before any model is loaded).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from opt_scale.utils.cli_errors import UsageError, reports_usage_errors
 
 
 def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
@@ -143,23 +148,54 @@ def print_attributes(by_source: dict) -> None:
                                 f"(demo vocabulary; {scored['skipped']} others skipped)")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Flags, then paths: everything a user can get wrong, before a model is loaded."""
+    from opt_scale.cli.inputs import at_least, eval_source, usable_device
+    from opt_scale.data.sources import check_shard_spec
+    from opt_scale.utils.input_paths import writable_dir
+    if args.command == "generate":
+        if not (args.prompt or args.prompts_from):
+            raise UsageError("generate needs --prompt CAPTION (repeatable) or --prompts-from SHARDS")
+        at_least(args.n, 1, "--n")
+        at_least(args.num_prompts, 1, "--num-prompts")
+        at_least(args.top_k, 0, "--top-k")
+        if not args.temperature > 0:
+            raise UsageError(f"--temperature must be positive, got {args.temperature:g}")
+    else:
+        at_least(args.batch_size, 1, "--batch-size")
+        at_least(args.max_samples, 0, "--max-samples")
+    if args.command == "caption":
+        at_least(args.beam, 1, "--beam")
+        at_least(args.show, 0, "--show")
+    if args.command == "retrieval":
+        at_least(args.rerank, 0, "--rerank")
+    usable_device(args.device)
+    eval_source(args.checkpoint, "--checkpoint")
+    for flag in ("--shards", "--prompts-from"):
+        spec = getattr(args, flag[2:].replace("-", "_"), None)
+        if spec:
+            check_shard_spec(spec, flag)
+    for flag in ("--json", "--out"):
+        path = getattr(args, flag[2:], None)
+        if path:
+            writable_dir(Path(path).parent, flag)
+
+
+@reports_usage_errors("opt-eval")
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "generate" and not (args.prompt or args.prompts_from):
-        parser.error("generate: give --prompt CAPTION (repeatable) or --prompts-from SHARDS")
+    args = build_parser().parse_args(argv)
     if args.command == "report":
         from opt_scale.eval.report import report
         try:
             print(report(args.eval_dir, args.run, args.learning, args.readme), end="")
-        except (ValueError, FileNotFoundError) as err:
-            print(f"opt-eval report: {err}", file=sys.stderr)
-            return 2
+        except (ValueError, FileNotFoundError) as err:  # a missing or unreadable input of the report
+            raise UsageError(f"report: {err}") from err
         if args.readme:
             print(f"results section of {args.readme} rewritten")
         return 0
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
+    check_args(args)
     from opt_scale.bench.report import print_table
     from opt_scale.eval.load import load_for_eval
     from opt_scale.model.generation import OPTGenerator

@@ -4,6 +4,8 @@ Writes ``model.safetensors`` (fp32, recovered from the ZeRO partitions by
 DeepSpeed's zero_to_fp32; tied weights stored once), ``config.json``, and
 copies of the tokenizer and VQ tokenizer, so that one CPU process can
 evaluate and generate from the directory (``opt-eval``, ``OPTGenerator``).
+
+Exit codes: 0 exported; 2 bad input (one line ``opt-export: error: ...``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from opt_scale.utils.cli_errors import reports_usage_errors
 
+
+@reports_usage_errors("opt-export")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="opt-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint directory (…/checkpoints/step_00000300) or a run directory "
-                                      "(its newest complete checkpoint is used)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a checkpoint directory (…/checkpoints/step_00000300) or a run directory "
+                        "(its newest complete checkpoint is used)")
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     import os
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from opt_scale.cli.inputs import checkpoint_source
+    from opt_scale.utils.input_paths import writable_dir
+    checkpoint_source(args.checkpoint, "CHECKPOINT")
+    writable_dir(args.out, "--out")
     from opt_scale.engine.checkpoint import CheckpointError
     from opt_scale.engine.export import export_checkpoint
     try:

@@ -7,16 +7,17 @@ size come from the environment). Examples::
               --set data.tokenizer=runs/demo/tokenizer.model
     torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
 
-Exit codes: 0 trained to ``train.steps``; 2 bad configuration, including a
-``train.out_dir`` that another run is using (locked) or that holds an earlier
-run (continue it with ``train.resume=auto``, or start over with
-``train.overwrite=true``); 75 stopped early by SIGUSR1 or SIGTERM (to the rank
-or to its whole process group) after writing a checkpoint: requeue the job and
-it resumes with ``train.resume=auto`` (see opt_scale/engine/preemption.py); 1
-a crash, or torchrun itself died (its ranks exit with it). These are each
-rank's codes, which srun reports; torchrun reports 1 for any of them but 0,
-and ends with a traceback when it is itself sent SIGTERM, after its ranks
-have checkpointed.
+Exit codes: 0 trained to ``train.steps``; 2 bad configuration or input (one
+line ``opt-train: error: ...`` naming the key or path, printed by rank 0),
+including a ``train.out_dir`` that another run is using (locked) or that
+holds an earlier run (continue it with ``train.resume=auto``, or start over
+with ``train.overwrite=true``); 75 stopped early by SIGUSR1 or SIGTERM (to the
+rank or to its whole process group) after writing a checkpoint: requeue the
+job and it resumes with ``train.resume=auto`` (see
+opt_scale/engine/preemption.py); 1 a crash, or torchrun itself died (its
+ranks exit with it). These are each rank's codes, which srun reports;
+torchrun reports 1 for any of them but 0, and ends with a traceback when it
+is itself sent SIGTERM, after its ranks have checkpointed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from opt_scale.utils.config_tools import ConfigError, dumps
+from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.utils.config_tools import dumps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_usage_errors("opt-train")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.overrides for item in group]
     if args.task:
         overrides.insert(0, f"train.task={args.task}")
     from opt_scale.config import load_config
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"opt-train: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         print(dumps(cfg))
         return 0
@@ -70,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                     title=f"OPT {args.config}: vocab {vocab}, lengths text {cfg.model.text.max_len} / image "
                           f"{cfg.model.vision.num_patches} / audio {cfg.model.audio.max_seconds:g}s")
         return 0
+    from opt_scale.engine.run_inputs import validate_run_inputs
+    validate_run_inputs(cfg)  # before the trainer's imports, process group and engine: bad paths fail in a second
     from opt_scale.engine.trainer import train
-    try:
-        summary = train(cfg)
-    except ConfigError as err:
-        print(f"opt-train: error: {err}", file=sys.stderr)
-        return 2
+    summary = train(cfg)
     from opt_scale.engine.distributed import detect
     from opt_scale.engine.preemption import REQUEUE_EXIT_CODE
     if detect().is_main:

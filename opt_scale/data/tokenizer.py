@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import sentencepiece as spm
 
+from opt_scale.utils.cli_errors import UsageError
+from opt_scale.utils.input_paths import describe, existing_file
+
 # Reserved at training time (data_prep.tokenizer_training) as control symbols:
 # they have ids but no text ever encodes to them.
 MASK_PIECE = "<mask>"
 
 
 class Tokenizer:
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, key: str = "data.tokenizer"):
+        """``key``: the config key or flag that gave ``model_path``, named by errors."""
         self.path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        hint = "train one with `opt-shards train-tokenizer`"
+        existing_file(model_path, key, hint)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        except (RuntimeError, OSError) as err:  # what SentencePiece raises for a file that is no model
+            raise UsageError(f"{describe(key)}: {model_path!r} is not a SentencePiece model ({err}); {hint}") from err
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id = self.sp.pad_id()
         self.bos_id = self.sp.bos_id()
@@ -20,8 +29,8 @@ class Tokenizer:
         self.unk_id = self.sp.unk_id()
         self.mask_id = self.sp.piece_to_id(MASK_PIECE)
         if min(self.pad_id, self.bos_id, self.eos_id) < 0 or self.mask_id == self.unk_id:
-            raise ValueError(f"{model_path}: tokenizer lacks pad/bos/eos/{MASK_PIECE}; "
-                             "train it with `opt-shards train-tokenizer`")
+            raise UsageError(f"{describe(key)}: the tokenizer {model_path!r} lacks the pad/bos/eos/{MASK_PIECE} "
+                             f"pieces the model needs; {hint}")
         self.special_ids = frozenset({self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id})
 
     def encode(self, text: str, max_len: int) -> list[int]:
