@@ -1,11 +1,13 @@
 """``opt-train``: pre-train an OPT model with DeepSpeed.
 
-Runs as one process, under ``torchrun``, or as ``srun`` tasks (rank and world
-size come from the environment). Examples::
+Runs as one process, as N local ranks it starts itself (``--nproc-per-node
+N``: inputs checked once, then torch's elastic launcher in this process, see
+opt_scale/cli/launch.py), under ``torchrun``, or as ``srun`` tasks (rank and
+world size come from the environment). Examples::
 
     opt-train --config tiny --set data.train_shards=runs/demo/shards/demo-index.json \\
               --set data.tokenizer=runs/demo/tokenizer.model
-    torchrun --nproc_per_node 2 $(which opt-train) --config tiny --set train.steps=50 ...
+    opt-train --nproc-per-node 2 --config tiny --set train.steps=50 ...
 
 Exit codes: 0 trained to ``train.steps``; 2 bad configuration or input (one
 line ``opt-train: error: ...`` naming the key or path, printed by rank 0),
@@ -15,9 +17,10 @@ with ``train.overwrite=true``); 75 stopped early by SIGUSR1 or SIGTERM (to the
 rank or to its whole process group) after writing a checkpoint: requeue the
 job and it resumes with ``train.resume=auto`` (see
 opt_scale/engine/preemption.py); 1 a crash, or torchrun itself died (its
-ranks exit with it). These are each rank's codes, which srun reports;
-torchrun reports 1 for any of them but 0, and ends with a traceback when it
-is itself sent SIGTERM, after its ranks have checkpointed.
+ranks exit with it). These are each rank's codes, which srun and
+``--nproc-per-node`` report (the launcher also exits 75 when it is sent
+SIGTERM or SIGUSR1 itself and its ranks checkpoint); torchrun reports 1 for
+any of them but 0, with a traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("pretrain", "vq"), default=None,
                    help="what to train: pretrain (OPT, all pretext tasks) or vq (the image tokenizer whose codes "
                         "MVM/DIR predict; writes <out_dir>/vq.safetensors). Shorthand for --set train.task=...")
+    p.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None, metavar="N",
+                   help="start N local ranks (torch's elastic launcher, in this process) after checking the "
+                        "inputs once; exits with the ranks' meaning: 2 bad input, 75 checkpointed on a signal "
+                        "(see opt_scale/cli/launch.py), where torchrun would report 1 and a traceback")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--print-model", action="store_true",
                    help="print parameters and FLOPs per sample for each part of the model (analytic; nothing is "
@@ -56,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for group in args.overrides for item in group]
     if args.task:
         overrides.insert(0, f"train.task={args.task}")
+    if args.nproc_per_node is not None:
+        from opt_scale.cli.launch import check_launch
+        check_launch(args.nproc_per_node)
     from opt_scale.config import load_config
     cfg = load_config(args.config, overrides)
     if args.print_config:
@@ -71,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from opt_scale.engine.run_inputs import validate_run_inputs
     validate_run_inputs(cfg)  # before the trainer's imports, process group and engine: bad paths fail in a second
+    if args.nproc_per_node is not None:   # the launcher: inputs checked once, before any rank starts
+        from opt_scale.cli.launch import launch_local_ranks
+        return launch_local_ranks("opt-train", args.nproc_per_node, args.config, overrides)
     from opt_scale.engine.trainer import train
     summary = train(cfg)
     from opt_scale.engine.distributed import detect
