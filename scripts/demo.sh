@@ -30,7 +30,7 @@ for tower in text vision audio cross text_decoder image_decoder; do no_dropout+=
 
 echo "== pre-training OPT-tiny: $DEMO_STEPS steps, $DEMO_RANKS CPU ranks, DeepSpeed ZeRO-3 (gloo)"
 rm -rf "$DEMO_DIR/train"   # the demo's own scratch run: each demo starts fresh
-torchrun --standalone --nproc_per_node "$DEMO_RANKS" "$(command -v opt-train)" --config tiny --set \
+opt-train --nproc-per-node "$DEMO_RANKS" --config tiny --set \
     "${assets[@]}" "${no_dropout[@]}" data.num_workers=1 \
     train.steps="$DEMO_STEPS" train.out_dir="$DEMO_DIR/train" train.log_every=20 train.checkpoint_every=100
 
