@@ -5,6 +5,7 @@ mode keeps the ranks' meaning: 2 for bad input (one line), 75 for a stop on a
 signal after a checkpoint.
 """
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -60,8 +61,19 @@ def test_an_error_only_the_ranks_see_is_one_line_and_exit_2_without_traceback(ti
 def test_sigterm_to_the_process_group_checkpoints_and_exits_75(tiny_overrides, tmp_path):
     """What scancel or a Slurm time limit do to a job step running the launcher."""
     run = tmp_path / "run"
-    args = ["flock", "/tmp/opt-heavy.lock", str(BIN / "opt-train"), "--nproc-per-node", "2", "--config", "tiny",
+    args = [str(BIN / "opt-train"), "--nproc-per-node", "2", "--config", "tiny",
             "--set", *tiny_overrides, "data.num_workers=1", "train.log_samples=true", "train.steps=40"]
+    # The heavy-work lock is held here, not by flock(1): the signal goes to the whole process group.
+    with open("/tmp/opt-heavy.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out, returncode = _sigterm_after_two_steps(args, run)
+    assert returncode == REQUEUE_EXIT_CODE, out[-4000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out and "SignalException" not in out, out[-4000:]
+    markers = sorted(run.glob("checkpoints/step_*/COMPLETE.json"))
+    assert markers, out[-4000:]
+
+
+def _sigterm_after_two_steps(args, run):
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -77,7 +89,4 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_75(tiny_overrides, t
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == REQUEUE_EXIT_CODE, out[-4000:]
-    assert "Traceback" not in out and "ChildFailedError" not in out and "SignalException" not in out, out[-4000:]
-    markers = sorted(run.glob("checkpoints/step_*/COMPLETE.json"))
-    assert markers, out[-4000:]
+    return out, proc.returncode
