@@ -201,10 +201,16 @@ def test_a_directory_holding_another_build_is_refused_unless_overwritten(prep_ra
 def test_inspect_writes_png_wav_caption_and_a_contact_sheet(prep_reference, tmp_path):
     run_cli(["opt-shards", "inspect", str(prep_reference.dir / "shard-000000.tar"), "--n", "3", "--out",
              str(tmp_path / "look")])
-    pngs = sorted((tmp_path / "look").glob("*.png"))
-    assert len(pngs) == 4 and (tmp_path / "look" / "contact_sheet.png").exists()
-    for wav in (tmp_path / "look").glob("*.wav"):
-        assert sf.info(str(wav)).samplerate == 16_000
+    look = tmp_path / "look"
+    pngs = sorted(look.glob("*.png"))
+    assert len(pngs) == 4 and (look / "contact_sheet.png").exists()
+    # One playable WAV, caption and picture per sample (a glob over nothing would pass vacuously).
+    keys = sorted(p.stem for p in pngs if p.name != "contact_sheet.png")
+    assert sorted(p.stem for p in look.glob("*.wav")) == keys == sorted(p.stem for p in look.glob("*.txt"))
+    for sample in iter_samples(str(prep_reference.dir / "shard-000000.tar"), limit=3):
+        stored = sf.info(io.BytesIO(sample["flac"] if "flac" in sample else sample["wav"]))
+        info = sf.info(str(look / f"{sample['__key__']}.wav"))
+        assert info.samplerate == 16_000 and info.channels == 1 and info.frames == stored.frames > 0
     sheet = Image.open(tmp_path / "look" / "contact_sheet.png")
     assert sheet.size[0] >= 3 * 256
 

@@ -20,10 +20,40 @@ def test_retrieval_from_a_deepspeed_checkpoint(trained_run, demo_shards, tmp_pat
                    timeout=300)
     res = json.loads(out.read_text())
     assert res["samples"] == 12 and set(res["recall"]) == DIRECTIONS
-    for d in DIRECTIONS:
-        r = res["recall"][d]
-        assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+    assert set(res["by_protocol"]) == {"embedding", "rerank"}
+    for protocol, recalls in res["by_protocol"].items():
+        for d in DIRECTIONS:
+            r = recalls[d]
+            assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+            for k, value in r.items():  # a recall is hits / N: a multiple of 100 / 12
+                assert abs(value * 12 / 100 - round(value * 12 / 100)) < 1e-6, (protocol, d, k, value)
+    for d, recalls in embedding_recalls(trained_run, demo_shards, 12).items():
+        assert res["by_protocol"]["embedding"][d] == pytest.approx(recalls, abs=1e-4), d
     assert "text+audio->image" in proc.stdout
+
+
+def embedding_recalls(run, shards, n: int) -> dict:
+    """R@1/5/10 in % of every direction, counted here from the embeddings'
+    cosine similarities: a query hits at k when a right candidate (same image
+    when an image is involved, else the same narrative) is among its k best."""
+    from opt_scale.eval.data import iter_eval_batches
+    from opt_scale.eval.load import load_for_eval
+    from opt_scale.eval.retrieval import encode_set
+    loaded = load_for_eval(run)
+    data = encode_set(loaded.net, iter_eval_batches(str(shards / "demo-index.json"), loaded.config.model,
+                                                    loaded.tokenizer, 8, n), "cpu")
+    assert len(data) == n
+    out = {}
+    for d in DIRECTIONS:
+        query, target = d.split("->")
+        sims = sum(data.embeddings[m] @ data.embeddings[target].t() for m in query.split("+"))
+        ids = data.image_ids if "image" in d else data.keys
+        ranks = []
+        for q in range(n):
+            order = sorted(range(n), key=lambda c: -float(sims[q, c]))
+            ranks.append(next(i for i, c in enumerate(order) if ids[c] == ids[q]))
+        out[d] = {f"R@{k}": 100 * sum(r < k for r in ranks) / n for k in (1, 5, 10)}
+    return out
 
 
 @pytest.mark.distributed
@@ -48,7 +78,10 @@ def test_caption_and_generate_from_an_export(trained_run, demo_shards, tmp_path)
     res = json.loads(out.read_text())
     assert set(res["scores"]) == {"image", "audio", "image+audio"}
     assert {"BLEU-4", "CIDEr"} <= set(res["scores"]["image"]) and "WER" in res["scores"]["audio"]
-    assert len(res["examples"]) == 4
+    assert len(res["examples"]) == 4 and res["samples"] == 4
+    for source, scores in res["scores"].items():
+        assert 0 <= scores["BLEU-4"] <= 100 and scores["CIDEr"] >= 0, source
+    assert 0 <= res["scores"]["audio"]["WER"]
     grid = tmp_path / "text_to_image.png"
     run_cli(["opt-eval", "generate", "--checkpoint", str(export), "--prompt", "a small red circle",
              "--prompt", "a large blue square", "--n", "3", "--top-k", "8", "--out", str(grid)], timeout=300)

@@ -55,3 +55,25 @@ def test_cider_prefers_the_right_caption_and_is_zero_for_unrelated():
     unrelated = cider_d(["xyz qqq", "www vvv", "ppp ooo"], refs)
     assert good > bad > unrelated == 0.0
     assert good == pytest.approx(10.0, rel=1e-6)  # identical to its reference: cosine 1, x10
+
+
+def test_caption_scores_reward_the_reference_and_punish_a_wrong_caption():
+    from opt_scale.eval.captioning import SOURCES, score_captions
+    refs = ["a small red circle on the left of a gray background", "a large blue square at the top of a white background",
+            "a small green triangle in the middle of a black background", "a large yellow cross on the right of a gray background"]
+    wrong = ["a large yellow cross on the right of a gray background", "a small red circle on the left of a gray background",
+             "a large blue square at the top of a white background", "a small green triangle in the middle of a black background"]
+
+    def captions(hypotheses):
+        return {"keys": ["k0", "k1", "k2", "k3"], "image_ids": ["i0", "i1", "i2", "i3"], "references": refs,
+                **{s: list(hypotheses) for s in SOURCES}}
+
+    perfect, rotated = score_captions(captions(refs)), score_captions(captions(wrong))
+    empty = score_captions(captions([""] * 4))
+    for source in SOURCES:
+        assert perfect[source]["BLEU-4"] == pytest.approx(100.0)
+        assert rotated[source]["BLEU-4"] < 50 and empty[source]["BLEU-4"] == pytest.approx(0.0, abs=1e-6)
+        assert perfect[source]["CIDEr"] > 2 * rotated[source]["CIDEr"] >= 0 and empty[source]["CIDEr"] == 0.0
+    assert perfect["audio"]["WER"] == 0.0
+    assert 30 < rotated["audio"]["WER"] <= 100 and empty["audio"]["WER"] == pytest.approx(100.0)
+    assert set(perfect["image"]) == {"BLEU-4", "CIDEr"} and set(perfect["audio"]) == {"BLEU-4", "CIDEr", "WER"}

@@ -2,6 +2,7 @@
 
 import sys
 
+import pytest
 import torch
 
 from opt_scale.engine.export import load_export_state
@@ -10,21 +11,28 @@ from .conftest import run_cli
 from .model_fixtures import demo_batch
 
 
-def test_export_equals_deepspeeds_zero_to_fp32_script(trained_run, tmp_path):
-    out = tmp_path / "export"
+@pytest.fixture(scope="module")
+def exported_and_reference(trained_run, tmp_path_factory):
+    """opt-export of the trained run, and DeepSpeed's own zero_to_fp32 state dict of its checkpoint."""
+    tmp = tmp_path_factory.mktemp("export")
+    out = tmp / "export"
     run_cli(["opt-export", str(trained_run), "--out", str(out)], timeout=300)
-    ours, meta = load_export_state(out / "model.safetensors")
-    assert meta["step"] == "4" and meta["task"] == "pretrain"
-
     # DeepSpeed writes zero_to_fp32.py next to the checkpoints; run it as users
     # do. (Its --safe_serialization refuses our tied weights, so: pickle.)
     ckpts = trained_run / "checkpoints"
-    ref_dir = tmp_path / "zero_to_fp32"
+    ref_dir = tmp / "zero_to_fp32"
     run_cli([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(ref_dir), "--tag", "step_00000004"],
             timeout=300)
     theirs = {}
     for f in sorted(ref_dir.glob("pytorch_model*.bin")):
         theirs.update(torch.load(f, map_location="cpu", weights_only=True))
+    return out, theirs
+
+
+def test_export_equals_deepspeeds_zero_to_fp32_script(exported_and_reference):
+    out, theirs = exported_and_reference
+    ours, meta = load_export_state(out / "model.safetensors")
+    assert meta["step"] == "4" and meta["task"] == "pretrain"
     assert theirs
     assert set(theirs) <= set(ours)
     assert set(ours) - set(theirs) <= {n for n in ours if ours[n].data_ptr() in {ours[m].data_ptr() for m in theirs}}
@@ -32,6 +40,34 @@ def test_export_equals_deepspeeds_zero_to_fp32_script(trained_run, tmp_path):
         assert ours[name].dtype == torch.float32
         assert torch.equal(ours[name], tensor.float()), name
     assert ours["mlm.weight"].data_ptr() == ours["model.text.tokens.weight"].data_ptr()  # tie restored
+
+
+def test_exported_model_computes_the_losses_of_the_zero_to_fp32_weights(exported_and_reference, trained_run,
+                                                                         demo_shards, demo_tokenizer):
+    """The export as loaded (config, tied weights, frozen VQ) is the trained
+    model: on one batch, every loss equals a model built from the run's own
+    config with DeepSpeed's consolidated weights."""
+    import json
+
+    from opt_scale.config import RunConfig
+    from opt_scale.model.exported import load_exported
+    from opt_scale.tasks.pretrainer import OPTPretrainer
+    from opt_scale.tasks.registry import load_frozen_vq
+    from opt_scale.utils.config_tools import from_dict
+    out, theirs = exported_and_reference
+    cfg = from_dict(RunConfig, json.loads((trained_run / "config.json").read_text()))
+    reference = OPTPretrainer(cfg.model, cfg.tasks, vq=load_frozen_vq(cfg))
+    missing, unexpected = reference.load_state_dict(theirs, strict=False)
+    assert not unexpected and set(missing) <= {"mlm.weight"}  # tied to the text embedding, which is loaded
+    reference.eval()
+    exported = load_exported(out)
+    batch = demo_batch(demo_shards, demo_tokenizer, exported.config, batch_size=4)
+    with torch.no_grad():
+        got, want = exported.net(batch), reference(batch)
+    losses = [k for k in want if k.startswith("loss")]
+    assert len(losses) >= 7 and set(got) == set(want)
+    for name in losses:
+        assert torch.isfinite(want[name]) and float(got[name]) == float(want[name]), name
 
 
 def test_exported_model_runs_on_one_cpu(trained_run, tmp_path, demo_shards, demo_tokenizer):

@@ -89,3 +89,47 @@ def test_captions_from_any_modality_and_text_to_image(demo_shards, demo_tokenize
                               generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 64, 64) and images.dtype == torch.uint8
     assert torch.equal(images, again)
+
+
+def teacher_forced_argmax(dec, memory, lengths, bos: int, generated: list[int]) -> list[int]:
+    """The decoder's argmax after each prefix of ``[bos] + generated``, in one
+    causal pass without any cache."""
+    h = dec.hidden(torch.tensor([[bos] + generated]), memory, lengths)
+    return (h[0] @ dec.tokens.weight.t() + dec.out_bias).argmax(-1).tolist()
+
+
+@torch.no_grad()
+def test_captions_of_a_trained_model_are_its_greedy_argmax_and_follow_the_image(demo_shards, demo_tokenizer):
+    from .trained_small import train_small
+    run = train_small(demo_shards, demo_tokenizer)
+    gen, tok = OPTGenerator(run.net, run.tokenizer), run.tokenizer
+    pixels = demo_batch(demo_shards, demo_tokenizer, small_config(tok.vocab_size), batch_size=8)["pixels"]
+    captions = gen.caption(pixels=pixels, max_len=16)
+    assert gen.caption(pixels=pixels, max_len=16) == captions  # greedy is deterministic
+    assert all(len(c.split()) >= 3 for c in captions), captions  # a trained model says something
+    assert len(set(captions)) >= 2, captions  # ... and what depends on the image
+
+    memory, lengths = gen.encode(8, pixels=pixels)
+    dec = run.net.text_decoder
+    for max_len in (16, 4):
+        ids = greedy(dec, memory, lengths, tok.bos_id, tok.eos_id, max_len)
+        assert [tok.decode(row) for row in ids] == gen.caption(pixels=pixels, max_len=max_len)
+        for b, row in enumerate(ids):
+            assert 1 <= len(row) <= max_len - 1 and tok.eos_id not in row  # respects max_len
+            expected = teacher_forced_argmax(dec, memory[b:b + 1], lengths[b:b + 1], tok.bos_id, row)
+            assert row == expected[:len(row)], b
+            if len(row) < max_len - 1:  # stopped early: because eos was the argmax
+                assert expected[len(row)] == tok.eos_id, b
+
+
+@torch.no_grad()
+def test_text_to_image_follows_the_prompt_and_the_seed(demo_shards, demo_tokenizer):
+    from .trained_small import train_small
+    run = train_small(demo_shards, demo_tokenizer)
+    gen = OPTGenerator(run.net, run.tokenizer)
+    prompts = ["a small red circle on the left", "a large blue square on the right"]
+    seeded = lambda s: gen.text_to_image(prompts, top_k=5, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    first, again, other = seeded(0), seeded(0), seeded(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first[0], first[1])  # the two prompts draw different images
+    assert first.float().std() > 0.5  # a picture, not a constant

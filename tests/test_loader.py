@@ -15,6 +15,8 @@ from opt_scale.data.sources import ShardInfo, resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
 from opt_scale.presets import tiny
 
+from .conftest import run_cli
+
 
 def make_loader(demo_shards, demo_tokenizer, rank, world, workers, batch=4, cursor=None, block=8,
                 spec="demo-index.json", **data):
@@ -283,3 +285,18 @@ def test_opt_train_logs_and_summarises_substitutes_and_stops_past_the_limit(demo
     errors = [line for line in proc.stderr.splitlines() if line.startswith("opt-train: error:")]
     assert len(errors) == 1 and "data.max_substituted_fraction=0.01" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_too_little_data_for_one_batch_per_slot_is_refused_by_the_loader(demo_shards, demo_tokenizer):
+    # 48 samples; 2 ranks x 2 workers x batch 16 need 64.
+    with pytest.raises(ValueError, match=r"48 samples.*4 loader slots.*train.micro_batch_size 16"):
+        make_loader(demo_shards, demo_tokenizer, rank=0, world=2, workers=2, batch=16)
+    make_loader(demo_shards, demo_tokenizer, rank=0, world=2, workers=2, batch=12)  # 48: exactly enough
+
+
+def test_opt_train_refuses_too_little_data_in_one_line(tiny_overrides):
+    proc = run_cli(["opt-train", "--config", "tiny", "--set", *tiny_overrides, "train.micro_batch_size=64",
+                    "train.steps=1"], check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "48 samples" in proc.stderr and "train.micro_batch_size" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

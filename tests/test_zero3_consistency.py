@@ -1,10 +1,13 @@
 """Correct under ZeRO-3: a rank whose batch lacks audio for a whole step runs
-every tower anyway (no hang) and the losses equal a single-process run."""
+every tower anyway (no hang), and the losses and the trained weights (plain
+SGD, no clipping: a gradient off by any factor moves them differently) equal
+a single-process run."""
 
 import json
 import sys
 
 import pytest
+import torch
 
 from .conftest import BIN, REPO, run_cli
 
@@ -32,3 +35,17 @@ def test_rank_without_audio_matches_single_process(tmp_path):
     assert single[(1, 0)]["loss"] != single[(0, 0)]["loss"]
     # Batch B had no audio: its MAM loss is exactly zero, on both paths.
     assert single[(0, 1)]["loss/mam"] == 0.0 == multi[(0, 1)]["loss/mam"]
+    # The weights after two SGD steps: the update, gathered whole, equals the single process's.
+    ref, got = torch.load(tmp_path / "one.json.weights.pt"), torch.load(tmp_path / "two.json.weights.pt")
+    assert set(ref["trained"]) == set(got["trained"])
+    moved_total = 0
+    for name, want in ref["trained"].items():
+        moved = (want - ref["initial"][name]).abs().max()
+        assert torch.equal(ref["initial"][name], got["initial"][name]), name
+        if moved == 0:  # e.g. an unused position row: then it must not move on two ranks either
+            assert torch.equal(got["trained"][name], want), name
+            continue
+        moved_total += 1
+        err = float((got["trained"][name] - want).abs().max() / moved)
+        assert err <= 1e-3, f"{name}: update differs by {err:.2e} of its size"
+    assert moved_total >= 0.9 * len(ref["trained"])  # nearly every tensor trained: the comparison sees the gradients

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
+from .capacity import require_one_batch_per_slot
 from .collate import Collator
 from .config import DataConfig
 from .dataset import SlotBatches, SlotCursor
@@ -66,6 +67,7 @@ class TrainLoader:
         self.seed = data_cfg.seed
         self.shuffle_block = data_cfg.shuffle_block
         self.layout = Layout(world_size, max(1, data_cfg.num_workers), batch_size)
+        require_one_batch_per_slot(shards, data_cfg, world_size, batch_size)
         self.fingerprint = shards_fingerprint(shards)
         start, self.epoch_intervals, self.batches_consumed = self._start_from(cursor)
         self.slot_state = {s: start[s] for s in self._my_slots()}

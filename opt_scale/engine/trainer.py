@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from opt_scale.config import RunConfig
+from opt_scale.data.capacity import require_one_batch_per_slot
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
 from opt_scale.data.sources import resolve_shards
 from opt_scale.data.tokenizer import Tokenizer
@@ -151,6 +152,7 @@ class Trainer:
         self.shards = resolve_shards(cfg.data.train_shards)
         self.ds_cfg = build_ds_config(cfg.train, self.world)
         self.global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world
+        require_one_batch_per_slot(self.shards, cfg.data, self.world, cfg.train.micro_batch_size)
         if self.dist_env.is_main:
             self._write_run_files()
 

@@ -4,7 +4,10 @@ two; writes every micro-batch's losses as JSON.
 Batch A has all three modalities; batch B has no audio at all (zero valid
 frames, audio dropped). Two ranks: rank 0 trains on A, rank 1 on B. One
 process: the same two batches as two accumulated micro-batches, which gives
-the same averaged gradient, so the losses must agree step for step.
+the same averaged gradient, so the losses and the weights must agree step
+for step. Plain SGD without clipping: its update is proportional to the
+gradient, so a gradient off by any factor shows in the weights (Adam's
+first step, lr x sign(g), and clipping hide such a factor).
 """
 
 import json
@@ -68,14 +71,15 @@ def main(out_path: str) -> None:
     cfg.tasks.contrastive.gather = False
     accum = 2 if env.world_size == 1 else 1
     train = TrainConfig(micro_batch_size=4, grad_accum=accum, ds_config="zero3_cpu", precision="fp32",
-                        lr=1e-3, warmup_steps=0, grad_clip=1.0)
-    ds = build_ds_config(train, env.world_size)
+                        lr=0.1, warmup_steps=0, grad_clip=0.0)
+    ds = {**build_ds_config(train, env.world_size), "zero_allow_untested_optimizer": True}  # SGD
     vq = random_vq(cfg, seed=1)
     torch.manual_seed(0)
     with deepspeed.zero.Init(config_dict_or_path=ds):
         net = OPTPretrainer(cfg.model, cfg.tasks, vq=vq)
-    opt = torch.optim.AdamW(net.parameters(), lr=train.lr)
+    opt = torch.optim.SGD(net.parameters(), lr=train.lr)
     engine, *_ = deepspeed.initialize(model=net, optimizer=opt, config=ds)
+    initial = whole_state(engine)
     batches = [synthetic_batch(cfg, 10, True), synthetic_batch(cfg, 11, False)]
     mine = batches if env.world_size == 1 else [batches[env.rank]]
     record = []
@@ -89,6 +93,16 @@ def main(out_path: str) -> None:
     path = out_path if env.world_size == 1 else f"{out_path}.rank{env.rank}"
     with open(path, "w") as f:
         json.dump(record, f)
+    trained = whole_state(engine)
+    if env.rank == 0:
+        torch.save({"initial": initial, "trained": trained}, f"{out_path}.weights.pt")
+
+
+def whole_state(engine) -> dict:
+    """The module's weights, whole (ZeRO-3 holds each rank's partition only); a collective."""
+    import deepspeed
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+        return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
 if __name__ == "__main__":
