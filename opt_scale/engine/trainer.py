@@ -24,14 +24,14 @@ from opt_scale.utils.logging_setup import setup_logging
 
 from . import distributed
 from .checkpoint import Checkpointer, ensure_writable, resolve_resume, tag_for
+from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .export import gather_full_state_dict
 from .finite_weights import check_finite_weights
-from .ds_config import build_ds_config, offloads_optimizer, zero_stage
+from .launcher_watch import watch_launcher
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
 from .peak import peak_tflops
 from .periodic_eval import PeriodicEvaluator
-from .launcher_watch import watch_launcher
 from .preemption import PreemptionHandler
 from .run_dir import claim_run_dir
 from .throughput import batch_train_flops, modality_tokens
@@ -247,7 +247,8 @@ class Trainer:
         return RunSummary(steps=state.step, first_loss=self.first_loss or float("nan"),
                           last_loss=self.last_loss or float("nan"), samples_per_s=samples / max(loop_seconds, 1e-9),
                           skipped_steps=state.skipped_steps, checkpoint=str(last_ckpt),
-                          tensorboard=str(self.out_dir / "tensorboard"), stop_signal=self.preemption.stop_signal,
+                          tensorboard=str(self.out_dir / "tensorboard"),
+                          stop_signal=self.preemption.stop_signal.name if self.preemption.stop_signal else "",
                           substituted_samples=self.substituted)
 
     def _train_step(self) -> list[str]:
