@@ -145,3 +145,16 @@ def test_a_file_missing_on_one_rank_makes_both_ranks_fall_back_together(tiny_ove
         assert steps == [1, 2, 3], (rank, steps)
     assert "step 2/3" in proc.stdout and "step 1/3" not in proc.stdout
     assert [p.name for p in complete_checkpoints(ckpts)] == ["step_00000003", "step_00000002", "step_00000001"]
+
+
+def test_the_weight_check_sees_every_kind_of_non_finite_value_and_no_false_alarm():
+    import torch
+
+    from opt_scale.engine.finite_weights import sums_finite
+    base = torch.zeros(1000)
+    assert sums_finite(base) and sums_finite(torch.full((1000,), 3e38))  # huge but finite: no overflow
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        t = base.clone()
+        t[:len(bad)] = torch.tensor(bad)
+        assert not sums_finite(t), bad
+        assert not sums_finite(t.to(torch.bfloat16)), bad
