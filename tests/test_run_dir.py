@@ -134,7 +134,10 @@ def test_a_second_run_into_a_running_ones_directory_is_refused_and_ranks_die_wit
         out = second.stdout + second.stderr
         assert second.returncode != 0
         assert re.search(rf"opt-train: error: .*{run} is in use by another run \(pid {holder} on ", out), out[-3000:]
-        assert len(re.findall(r"exitcode\s*: 2", out)) == 2, out[-3000:]   # torchrun's report: both ranks exit 2
+        # torchrun's report of each rank ("exitcode  : 2"; not its log line "failed (exitcode: 2)", which
+        # depends on timing): every rank refused, exit 2, unless torchrun stopped it first (SIGTERM, -15).
+        codes = re.findall(r"exitcode\s+:\s*(-?\d+)", out)
+        assert "2" in codes and set(codes) <= {"2", "-15"}, out[-3000:]
 
         # torchrun killed outright: its ranks must not train on as orphans.
         os.kill(first.pid, signal.SIGKILL)
