@@ -90,6 +90,30 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, chec
     return proc
 
 
+def sigterm_group_after_steps(args: list[str], run: Path, steps: int = 2, timeout: float = 400) -> tuple[str, int]:
+    """Start ``args`` in a session of its own, wait until ``run``'s rank-0 sample log (train.log_samples)
+    has ``steps`` steps, send SIGTERM to the whole process group, as scancel or a time limit does; its
+    output (stdout and stderr) and exit code."""
+    import signal
+    import time
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        sample_log = run / "samples" / "rank0.jsonl"
+        deadline = time.monotonic() + timeout
+        while not (sample_log.exists() and len(sample_log.read_text().splitlines()) >= steps):
+            assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "the run did not reach its first steps"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return out, proc.returncode
+
+
 def torchrun_args(nproc: int) -> list[str]:
     return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", str(BIN / "opt-train")]
 

@@ -5,17 +5,12 @@ mode keeps the ranks' meaning: 2 for bad input (one line), 75 for a stop on a
 signal after a checkpoint.
 """
 
-import os
-import signal
-import subprocess
-import time
-
 import pytest
 
 from opt_scale.engine.preemption import REQUEUE_EXIT_CODE
 from opt_scale.utils.cli_errors import EXIT_USAGE
 
-from .conftest import BIN, REPO, run_cli
+from .conftest import BIN, run_cli, sigterm_group_after_steps
 
 
 def test_bad_input_is_one_line_and_exit_2_before_any_rank_is_spawned(tmp_path):
@@ -62,28 +57,10 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_75(tiny_overrides, t
     run = tmp_path / "run"
     args = [str(BIN / "opt-train"), "--nproc-per-node", "2", "--config", "tiny",
             "--set", *tiny_overrides, "data.num_workers=1", "train.log_samples=true", "train.steps=40"]
-    out, returncode = _sigterm_after_two_steps(args, run)
+    out, returncode = sigterm_group_after_steps(args, run)
     assert returncode == REQUEUE_EXIT_CODE, out[-4000:]
     assert "Traceback" not in out and "ChildFailedError" not in out and "SignalException" not in out, out[-4000:]
     assert "stopped early    on SIGTERM after step" in out, out[-4000:]
     markers = sorted(run.glob("checkpoints/step_*/COMPLETE.json"))
     assert markers, out[-4000:]
 
-
-def _sigterm_after_two_steps(args, run):
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        sample_log = run / "samples" / "rank0.jsonl"
-        deadline = time.monotonic() + 400
-        while not (sample_log.exists() and len(sample_log.read_text().splitlines()) >= 2):
-            assert proc.poll() is None, proc.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "the run did not reach its first steps"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return out, proc.returncode

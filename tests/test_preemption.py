@@ -110,32 +110,15 @@ def test_when_only_rank_1_is_signalled_both_ranks_checkpoint_the_same_step_and_a
     assert [f["received"] for f in final] == [None, "SIGUSR1"]   # rank 0 stopped on rank 1's signal
 
 
-def _wait_for_steps(proc, sample_log, steps: int, timeout: float = 400) -> None:
-    deadline = time.monotonic() + timeout
-    while not (sample_log.exists() and len(sample_log.read_text().splitlines()) >= steps):
-        assert proc.poll() is None, "the run ended before it could be signalled"
-        assert time.monotonic() < deadline, "the run did not reach its first steps"
-        time.sleep(0.2)
-
-
 @pytest.mark.distributed
 def test_sigterm_to_every_process_with_loader_workers_checkpoints_and_the_run_resumes(tiny_overrides, tmp_path):
     """What scancel, a time limit or preemption do: SIGTERM to every process,
     loader workers included (torchrun forwards it to each rank's process group)."""
-    from .conftest import REPO, run_cli, torchrun_args
+    from .conftest import run_cli, sigterm_group_after_steps, torchrun_args
     run = tmp_path / "run"
     args = torchrun_args(2) + ["--config", "tiny", "--set", *tiny_overrides, "data.num_workers=1",
                                "train.log_samples=true", "train.steps=40"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        _wait_for_steps(proc, run / "samples" / "rank0.jsonl", 2)
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    out, _ = sigterm_group_after_steps(args, run)
     assert "killed by signal" not in out, out[-4000:]
     stop = re.search(r"SIGTERM: every rank stops after step (\d+)", out)
     assert stop, out[-4000:]
