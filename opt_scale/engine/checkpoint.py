@@ -33,12 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from opt_scale.utils.config_tools import ConfigError
 
-from .distributed import collective_device
+from .distributed import all_gather_objects, all_true, from_rank0
 
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE.json"
@@ -171,33 +170,9 @@ def ensure_writable(root: Path) -> None:
         probe.unlink()
     except OSError as exc:
         problem = f"checkpoint directory {root} is not writable ({_describe(exc)})"
-    problems = [p for p in _all_gather(problem) if p]
+    problems = [p for p in all_gather_objects(problem) if p]
     if problems:
         raise CheckpointError(problems[0])
-
-
-def _all_gather(obj):
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _from_rank0(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_true(flag: bool) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
 
 
 class Checkpointer:
@@ -219,7 +194,7 @@ class Checkpointer:
             # Created here, not by DeepSpeed: it ignores a failed mkdir, and
             # torch.save then reports "Parent directory does not exist".
             error = _os_error(lambda: tag_dir.mkdir(parents=True, exist_ok=True), tag_dir)
-        error = _from_rank0(error)
+        error = from_rank0(error)
         if error is not None:
             raise CheckpointError(error)
         started = time.time()
@@ -236,7 +211,7 @@ class Checkpointer:
                          for p in _files_of_rank(tag_dir, self.rank)}
             except OSError as exc:
                 error = f"reading back checkpoint {tag_dir} failed on rank {self.rank}: {_describe(exc)}"
-        reports = _all_gather((files, error))  # also a barrier: every rank's write is finished
+        reports = all_gather_objects((files, error))  # also a barrier: every rank's write is finished
         errors = [e for _, e in reports if e]
         if self.rank == 0:
             if not errors:
@@ -252,7 +227,7 @@ class Checkpointer:
             else:
                 log.info("checkpoint %s written in %.1fs", tag_dir, time.time() - started)
                 self._rotate()
-        errors = _from_rank0(errors)
+        errors = from_rank0(errors)
         if errors:
             previous = [p for p in complete_checkpoints(self.root) if p.name < tag]
             raise CheckpointError(f"{errors[0]}; removed the partial checkpoint, the previous one "
@@ -328,7 +303,7 @@ def resolve_resume(root: Path, spec: str, world_size: int) -> ResumePoint | None
         # Rank 0 lists and every rank follows: listings that differed (NFS
         # attribute caching) would put the per-checkpoint collectives below
         # out of step.
-        candidates = _from_rank0(complete_checkpoints(root))
+        candidates = from_rank0(complete_checkpoints(root))
         if not candidates:
             log.info("resume=auto: no complete checkpoint under %s, starting fresh", root)
             return None
@@ -369,7 +344,7 @@ def verify_files(tag_dir: Path, rank: int) -> bool:
         why = f"{type(exc).__name__}: {exc}"
     if why:
         log.warning("rank %d: checkpoint %s is damaged (%s)", rank, tag_dir, why)
-    return _all_true(why is None)
+    return all_true(why is None)
 
 
 def ensure_universal(tag_dir: Path, rank: int) -> Path:

@@ -96,6 +96,41 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _initialized() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order (collective; ``[obj]`` without a process group)."""
+    if not _initialized():
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (collective): one verdict all ranks act on."""
+    if not _initialized():
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (collective)."""
+    if not _initialized():
+        return flag
+    import torch.distributed as dist
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 

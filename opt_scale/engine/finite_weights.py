@@ -20,9 +20,8 @@ parameters are looked at one by one only to name the bad ones.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
-from .distributed import collective_device
+from .distributed import all_gather_objects, all_true
 
 
 def local_shards(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -73,18 +72,9 @@ def sums_finite(t: torch.Tensor) -> bool:
 
 def check_finite_weights(engine, step: int) -> None:
     """Collective: raise FloatingPointError on every rank if any rank holds a non-finite weight."""
-    ok = all_finite(engine)
-    if dist.is_initialized():
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=collective_device())
-        dist.all_reduce(flag)
-        ok = flag.item() == 0
-    if ok:
+    if all_true(all_finite(engine)):
         return
-    bad = non_finite_parameters(engine.module)
-    if dist.is_initialized():
-        names = [None] * dist.get_world_size()
-        dist.all_gather_object(names, bad)
-        bad = sorted({n for rank_names in names for n in rank_names})
+    bad = sorted({n for rank_names in all_gather_objects(non_finite_parameters(engine.module)) for n in rank_names})
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     raise FloatingPointError(
         f"step {step}: non-finite weights after the optimizer step in {len(bad)} parameters ({shown}); "

@@ -39,11 +39,10 @@ import socket
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from opt_scale.utils.config_tools import ConfigError
 
 from .config import TrainConfig
+from .distributed import from_rank0
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".opt-train.lock"
@@ -79,7 +78,7 @@ def claim_run_dir(train: TrainConfig, is_main: bool) -> RunDirLock:
             error = str(err)
         except OSError as err:   # clearing the old run failed: still one message, on every rank
             error = f"config key 'train.overwrite': {err}"
-    error = _from_rank0(error)
+    error = from_rank0(error)
     if error:
         lock.release()
         raise ConfigError(error)
@@ -146,10 +145,3 @@ def _check_or_clear(out_dir: Path, train: TrainConfig) -> None:
             path.unlink(missing_ok=True)
     log.warning("train.overwrite: deleted the earlier run in %s (%s)", out_dir, ", ".join(RUN_OUTPUTS))
 
-
-def _from_rank0(obj):
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
