@@ -7,7 +7,7 @@ from PIL import Image
 
 from opt_scale.eval.report import BEGIN, END
 
-from .conftest import BIN, run_cli
+from .conftest import BIN, REPO, run_cli
 
 DIRECTIONS = {"text->image", "image->text", "text->audio", "audio->text", "image->audio", "audio->image",
               "text+audio->image", "image+audio->text"}
@@ -107,3 +107,28 @@ def test_report_refuses_a_readme_without_markers(tmp_path):
     proc = run_cli(["opt-eval", "report", "--eval-dir", str(tmp_path), "--readme", str(readme)], check=False)
     assert proc.returncode != 0 and "results:begin" in proc.stderr
     assert readme.read_text() == "# no markers here\n"
+
+
+@pytest.mark.distributed
+def test_periodic_evaluation_shared_by_two_ranks_equals_one_process(trained_run, demo_shards, tmp_path):
+    """Training's periodic evaluation: each rank encodes, matches, captions and
+    draws its share and the shares are gathered back in sample order, so two
+    ranks report exactly what one process does (no rank works alone while
+    the other waits in a collective)."""
+    export = tmp_path / "export"
+    run_cli(["opt-export", str(trained_run), "--out", str(export)], timeout=300)
+    script = str(REPO / "tests" / "dist_scripts" / "shared_eval.py")
+    shards = str(demo_shards / "demo-index.json")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    run_cli([str(BIN / "python"), script, str(export), shards, "10", str(one)], timeout=300)
+    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", script, str(export), shards, "10",
+             str(two)], timeout=300)
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    (alone,), shares = a["work"], b["work"]
+    assert alone["encoded"] == 10 and [s["encoded"] for s in shares] == [5, 5]
+    for share in shares:  # matching triplets, captions and grid rows: each rank about half
+        assert abs(share["fused_rows"] - alone["fused_rows"] / 2) <= 0.1 * alone["fused_rows"], (alone, shares)
+    assert set(a["metrics"]) == set(b["metrics"]) and "eval/matching/hard_accuracy" in a["metrics"]
+    for name, value in a["metrics"].items():
+        assert b["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    assert a["examples"] == b["examples"] and a["grid"] == b["grid"]

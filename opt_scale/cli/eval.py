@@ -210,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.prompts_from:
             from opt_scale.eval.data import first_captions
             prompts += first_captions(args.prompts_from, args.num_prompts)
+        grid = image_grid(OPTGenerator(net, tok), prompts, args.n, args.top_k, args.temperature, args.seed,
+                          rank=rank, world_size=world)
         if rank == 0:
-            grid = image_grid(OPTGenerator(net, tok), prompts, args.n, args.top_k, args.temperature, args.seed)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.out)
             print(f"image grid: {args.out}")
@@ -232,17 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             from opt_scale.eval.matching_eval import evaluate_matching
             from opt_scale.eval.retrieval import encode_set, gather_sets
             data = gather_sets(encode_set(net, batches, device))
-            result.update(evaluate_matching(net, data, device, args.seed))
+            result.update(evaluate_matching(net, data, device, args.seed, rank=rank, world_size=world))
             if rank == 0:
                 print_matching(result)
         else:
-            from opt_scale.eval.captioning import SOURCES, caption_set, score_captions
-            caps = caption_set(OPTGenerator(net, tok), batches, args.beam)
-            if world > 1:
-                import torch.distributed as dist
-                parts: list = [None] * world
-                dist.all_gather_object(parts, caps)
-                caps = {k: [x for p in parts for x in p[k]] for k in caps}
+            from opt_scale.eval.captioning import SOURCES, caption_set, gather_captions, score_captions
+            caps = gather_captions(caption_set(OPTGenerator(net, tok), batches, args.beam))
             result["samples"] = len(caps["keys"])
             result["scores"] = score_captions(caps)
             from opt_scale.eval.attributes import attribute_accuracy

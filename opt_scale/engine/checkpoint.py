@@ -190,7 +190,7 @@ class Checkpointer:
             # A leftover of an interrupted save of this same step, and the
             # universal conversion of an older checkpoint of that name.
             shutil.rmtree(tag_dir, ignore_errors=True)
-            shutil.rmtree(tag_dir.with_name(tag_dir.name + ".universal"), ignore_errors=True)
+            remove_universal(tag_dir)
             # Created here, not by DeepSpeed: it ignores a failed mkdir, and
             # torch.save then reports "Parent directory does not exist".
             error = _os_error(lambda: tag_dir.mkdir(parents=True, exist_ok=True), tag_dir)
@@ -239,7 +239,7 @@ class Checkpointer:
             return
         for old in complete_checkpoints(self.root)[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
-            shutil.rmtree(old.with_name(old.name + ".universal"), ignore_errors=True)
+            remove_universal(old)
 
     def set_aside_newer(self, step: int) -> None:
         """Collective. A run resumed from an older checkpoint than the newest
@@ -347,27 +347,70 @@ def verify_files(tag_dir: Path, rank: int) -> bool:
     return all_true(why is None)
 
 
-def ensure_universal(tag_dir: Path, rank: int) -> Path:
-    """Convert ``tag_dir`` to the universal format once (rank 0), cache it."""
+def remove_universal(tag_dir: Path) -> None:
+    """The cached universal conversion of ``tag_dir`` and any record of a failed one."""
+    shutil.rmtree(tag_dir.with_name(tag_dir.name + ".universal"), ignore_errors=True)
+    tag_dir.with_name(tag_dir.name + ".universal.failed").unlink(missing_ok=True)
+
+
+def ensure_universal(tag_dir: Path, rank: int, poll_seconds: float = 5.0) -> Path:
+    """Convert ``tag_dir`` to the universal format once, cache it; every rank
+    gets the converted path.
+
+    Rank 0 converts, with as many extract and merge workers as it has CPUs
+    (the other ranks are idle meanwhile, so the node's cores are free). The
+    others do not wait in a collective, whose timeout
+    (``train.dist_timeout_minutes``) a large model's conversion could
+    outlast: they poll the shared file system for the cached conversion's
+    marker, or for the failure rank 0 records, and log while they wait."""
     out = tag_dir.with_name(tag_dir.name + ".universal")
+    failed = tag_dir.with_name(tag_dir.name + ".universal.failed")
     # The cache names the write it was converted from: a step saved again
     # since (same name, new weights) is converted again.
     source_time = read_marker(tag_dir)["time"]
-    if rank == 0 and not ((out / MARKER).is_file() and read_marker(out).get("source_time") == source_time):
-        tmp = tag_dir.with_name(tag_dir.name + ".universal.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
-        started = time.time()
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-               "--output_folder", str(tmp / tag_dir.name), "--num_extract_workers", "1", "--num_merge_workers", "1"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
-        (tmp / tag_dir.name / MARKER).write_text(json.dumps({"source": str(tag_dir), "source_time": source_time,
-                                                             "time": time.time()}))
-        os.replace(tmp / tag_dir.name, out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info("universal checkpoint %s written in %.1fs", out, time.time() - started)
+
+    def converted() -> bool:
+        return (out / MARKER).is_file() and read_marker(out).get("source_time") == source_time
+
+    if rank == 0:
+        failed.unlink(missing_ok=True)
+        if not converted():
+            try:
+                _convert_to_universal(tag_dir, out, source_time)
+            except Exception as exc:
+                failed.write_text(f"{exc}\n")
+                raise
+    else:
+        started = last_log = time.time()
+        while not converted():
+            if failed.is_file() and failed.stat().st_mtime >= started - 1:
+                raise RuntimeError(f"rank 0 could not convert {tag_dir} to a universal checkpoint: "
+                                   f"{failed.read_text().strip()[:500]}")
+            if time.time() - last_log > 60:
+                log.info("rank %d: waiting for rank 0's universal conversion of %s (%.0f s)", rank, tag_dir,
+                         time.time() - started)
+                last_log = time.time()
+            time.sleep(poll_seconds)
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier()  # quick: every rank already sees the conversion
     return out
+
+
+def _convert_to_universal(tag_dir: Path, out: Path, source_time: float) -> None:
+    tmp = tag_dir.with_name(tag_dir.name + ".universal.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    workers = str(max(1, len(os.sched_getaffinity(0))))
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(tmp / tag_dir.name), "--num_extract_workers", workers,
+           "--num_merge_workers", workers]
+    log.info("converting %s to DeepSpeed's universal format (%s workers)", tag_dir, workers)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+    (tmp / tag_dir.name / MARKER).write_text(json.dumps({"source": str(tag_dir), "source_time": source_time,
+                                                         "time": time.time()}))
+    os.replace(tmp / tag_dir.name, out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("universal checkpoint %s written in %.1fs", out, time.time() - started)

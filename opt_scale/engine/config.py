@@ -38,8 +38,9 @@ class TrainConfig:
     eval_samples: int = 64           # held-out samples each evaluation uses
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: from the device table (opt_scale/engine/peak.py)
     log_samples: bool = False        # write the sample keys of every step to <out_dir>/samples/rank<r>.jsonl
-    dist_timeout_minutes: float = 30.0  # collectives' timeout; also bounds rank 0's solo work (universal
-                                        # checkpoint conversion, periodic eval) while the others wait
+    dist_timeout_minutes: float = 30.0  # collectives' timeout (a hung rank is found after this long); no
+                                        # rank works alone inside one: periodic eval is shared, and a
+                                        # universal conversion is awaited on the file system
     inject_nan_at: tuple[int, ...] = ()  # testing aid: poison the loss with NaN at these steps
 
     def validate(self) -> None:

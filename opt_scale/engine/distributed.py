@@ -136,9 +136,11 @@ def backend() -> str:
 
 
 def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
-    """``timeout_minutes`` bounds every collective, including the barriers at
-    which the other ranks wait while rank 0 works alone (a universal
-    checkpoint conversion, a periodic evaluation): ``train.dist_timeout_minutes``."""
+    """``timeout_minutes`` (``train.dist_timeout_minutes``) bounds every
+    collective: how long a hung or dead rank keeps the others waiting. Slow
+    work is kept out of collectives so it cannot run into it: periodic
+    evaluation is shared by all ranks, and the ranks wait for rank 0's
+    universal checkpoint conversion on the file system."""
     prepare_environment(dist_env)
     import deepspeed
     deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False,

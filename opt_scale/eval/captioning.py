@@ -27,6 +27,16 @@ def caption_set(gen: OPTGenerator, batches, beam: int, max_len: int | None = Non
     return out
 
 
+def gather_captions(captions: dict) -> dict:
+    """Every rank's :func:`caption_set` (its share of the samples) in sample
+    order (a collective; unchanged without a process group)."""
+    from opt_scale.engine.distributed import all_gather_objects
+
+    from .data import interleave_shares
+    parts = all_gather_objects(captions)
+    return {k: interleave_shares([part[k] for part in parts]) for k in captions}
+
+
 def score_captions(captions: dict) -> dict[str, dict[str, float]]:
     """BLEU-4 and CIDEr-D per source (all narratives of an image are its
     references), and the WER of audio-only captions against the transcript."""

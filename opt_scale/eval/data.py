@@ -53,6 +53,17 @@ def iter_eval_batches(shards: str, model_cfg: ModelConfig, tokenizer: Tokenizer,
         yield collate(pending, tokenizer.pad_id, model_cfg.audio.n_mels)
 
 
+def interleave_shares(parts: list[list]) -> list:
+    """Undo :func:`iter_eval_batches`' split: rank r's share holds samples
+    r, r + world_size, ...; ``parts`` (every rank's share, in rank order)
+    back in sample order, so results gathered from any number of ranks
+    line up with one process's."""
+    out = []
+    for i in range(max((len(p) for p in parts), default=0)):
+        out += [p[i] for p in parts if i < len(p)]
+    return out
+
+
 def first_captions(shards: str, n: int) -> list[str]:
     """The captions of the first ``n`` samples (text-to-image prompts that
     fit whatever data a run was trained on)."""

@@ -80,7 +80,9 @@ def class_triples(i: int, cls: int, way: dict[str, np.ndarray]) -> tuple[int, in
 
 
 @torch.no_grad()
-def evaluate_matching(net, data: EncodedSet, device, seed: int = 0) -> dict:
+def evaluate_matching(net, data: EncodedSet, device, seed: int = 0, rank: int = 0, world_size: int = 1) -> dict:
+    """With ``world_size`` > 1, a collective: every rank passes the whole
+    ``data`` and scores its share of the triplets; all get the result."""
     n = len(data)
     ways = negatives(data, seed)
     result: dict = {"samples": n, "content_blind_accuracy": 1.0 / len(MATCHING_CLASSES), "accuracy": {},
@@ -88,7 +90,8 @@ def evaluate_matching(net, data: EncodedSet, device, seed: int = 0) -> dict:
     labels = np.tile(np.arange(len(MATCHING_CLASSES)), n)
     for name, way in ways.items():
         triples = [class_triples(i, c, way) for i in range(n) for c in range(len(MATCHING_CLASSES))]
-        pred = triplet_logits(net, data, triples, MODALITIES, device).argmax(1).numpy()
+        pred = triplet_logits(net, data, triples, MODALITIES, device, rank=rank,
+                              world_size=world_size).argmax(1).numpy()
         result["accuracy"][name] = float((pred == labels).mean())
         result["per_class_accuracy"][name] = {c: float((pred[labels == k] == k).mean())
                                               for k, c in enumerate(MATCHING_CLASSES)}
@@ -99,9 +102,10 @@ def evaluate_matching(net, data: EncodedSet, device, seed: int = 0) -> dict:
         sims = (data.embeddings[a] @ data.embeddings[b].t()).masked_fill(~other, float("-inf"))
         wrong = {"hard": sims.argmax(1).numpy(),
                  "random": np.array([rng.choice(np.flatnonzero(other[i].numpy())) for i in range(n)])}
-        pos = triplet_matched(net, data, [(i, i, i) for i in range(n)], (a, b), device).numpy()
+        shard = dict(rank=rank, world_size=world_size)
+        pos = triplet_matched(net, data, [(i, i, i) for i in range(n)], (a, b), device, **shard).numpy()
         result["pair_auc"][f"{a}-{b}"] = {
             name: auc(pos, triplet_matched(net, data, [tuple(int(j[i]) if m == b else i for m in MODALITIES)
-                                                        for i in range(n)], (a, b), device).numpy())
+                                                        for i in range(n)], (a, b), device, **shard).numpy())
             for name, j in wrong.items()}
     return result

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from opt_scale.data.masking import MATCHED
+from opt_scale.tasks.config import MATCHING_CLASSES
 from opt_scale.tasks.pretrainer import OPTPretrainer
 
 MODALITIES = ("text", "image", "audio")
@@ -68,18 +69,18 @@ def encode_set(net: OPTPretrainer, batches, device) -> EncodedSet:
 
 
 def gather_sets(local: EncodedSet) -> EncodedSet:
-    """Every rank's share, concatenated in rank order (a collective)."""
+    """Every rank's share (of :func:`iter_eval_batches`' split), back in
+    sample order: the same set one process encodes (a collective)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
+    from .data import interleave_shares
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, local)
-    out = EncodedSet(towers={m: [] for m in MODALITIES})
-    for p in parts:
-        out.keys += p.keys
-        out.image_ids += p.image_ids
-        for m in MODALITIES:
-            out.towers[m] += p.towers[m]
-    out.embeddings = {m: torch.cat([p.embeddings[m] for p in parts]) for m in MODALITIES}
+    out = EncodedSet(keys=interleave_shares([p.keys for p in parts]),
+                     image_ids=interleave_shares([p.image_ids for p in parts]),
+                     towers={m: interleave_shares([p.towers[m] for p in parts]) for m in MODALITIES})
+    out.embeddings = {m: torch.stack(interleave_shares([list(p.embeddings[m]) for p in parts]))
+                      for m in MODALITIES}
     return out
 
 
@@ -116,9 +117,21 @@ def pad_stack(items: list[tuple[torch.Tensor, torch.Tensor]], device, dtype) -> 
 
 @torch.no_grad()
 def triplet_logits(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int, int, int]],
-                   shown: tuple[str, ...], device, batch_size: int = 64) -> torch.Tensor:
+                   shown: tuple[str, ...], device, batch_size: int = 64, rank: int = 0,
+                   world_size: int = 1) -> torch.Tensor:
     """Matching-head logits [n, 5] of (text of t, image of i, audio of a) for
-    each (t, i, a) in ``triples``, only the ``shown`` modalities kept."""
+    each (t, i, a) in ``triples``, only the ``shown`` modalities kept.
+
+    With ``world_size`` > 1 (a collective: every rank passes the same
+    triples) each rank scores every world_size-th triple and all get the
+    whole result, so no rank does the others' work while they wait."""
+    if world_size > 1:
+        from opt_scale.engine.distributed import all_gather_objects
+        parts = all_gather_objects(triplet_logits(net, data, triples[rank::world_size], shown, device, batch_size))
+        out = torch.zeros(len(triples), len(MATCHING_CLASSES))
+        for r, part in enumerate(parts):
+            out[r::world_size] = part
+        return out
     from opt_scale.tasks.heads import pair_cosines
     from opt_scale.tasks.pretrainer import shown_pairs
     dtype = next(net.parameters()).dtype
@@ -133,13 +146,15 @@ def triplet_logits(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int
         index = torch.tensor(chunk)
         sims = pair_cosines(*(data.embeddings[m][index[:, j]] for j, m in enumerate(MODALITIES))).to(device)
         logits.append(net.matching(out.cls, similarities=sims, shown_pairs=shown_pairs(keep)).float().cpu())
-    return torch.cat(logits) if logits else torch.zeros(0, 5)
+    return torch.cat(logits) if logits else torch.zeros(0, len(MATCHING_CLASSES))
 
 
 def triplet_matched(net: OPTPretrainer, data: EncodedSet, triples: list[tuple[int, int, int]],
-                    shown: tuple[str, ...], device, batch_size: int = 64) -> torch.Tensor:
+                    shown: tuple[str, ...], device, batch_size: int = 64, rank: int = 0,
+                    world_size: int = 1) -> torch.Tensor:
     """log P(matched) of each (t, i, a) in ``triples`` (see :func:`triplet_logits`)."""
-    return torch.log_softmax(triplet_logits(net, data, triples, shown, device, batch_size), -1)[:, MATCHED]
+    logits = triplet_logits(net, data, triples, shown, device, batch_size, rank, world_size)
+    return torch.log_softmax(logits, -1)[:, MATCHED]
 
 
 def matched_scores(net: OPTPretrainer, data: EncodedSet, pairs: list[tuple[int, int]],
