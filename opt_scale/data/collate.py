@@ -18,14 +18,14 @@ from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
 from .masking import (IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, matching_uniforms,
-                      matching_view, mlm_mask, modality_keep, sample_rng, token_mask)
+                      matching_view, matching_view_of_present, mlm_mask, modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
 
 
 @dataclass
 class SampleDraws:
     """Everything random about one sample in one epoch (see :meth:`Collator.draw`)."""
-    keep: np.ndarray               # [3] bool: text, image, audio present in the masked view
+    keep: np.ndarray               # [3] bool: text, image, audio shown in the masked view (never one the sample lacks)
     mlm_inputs: np.ndarray         # [len] ids after BERT masking
     mlm_labels: np.ndarray         # [len] targets at masked positions, IGNORE_INDEX elsewhere
     mvm_mask: np.ndarray           # [patches] bool: patches hidden wherever the image is shown masked
@@ -58,13 +58,21 @@ class Collator:
         match_rng = rng("matching")
         match_class = matching_class(match_rng, t.matching)
         match_keep, match_label = matching_view(match_rng, match_class, t.matching.pair_prob)
+        # A modality the sample lacks is left out of every view; the draws
+        # themselves are made as for a full sample, so each stays a function
+        # of (seed, epoch, key) alone.
+        present = s.present
+        match_keep, match_label = matching_view_of_present(match_keep, match_label, match_class, present)
+        keep = modality_keep(rng("modality"), t.modality_mask.prob) & present
+        if not keep.any():
+            keep[TEXT] = True  # every sample has its caption
         return SampleDraws(
-            keep=modality_keep(rng("modality"), t.modality_mask.prob),
+            keep=keep,
             mlm_inputs=inputs, mlm_labels=labels,
             mvm_mask=token_mask(rng("mvm"), patches, patches, t.mvm.prob),
             mam_mask=token_mask(rng("mam"), audio_tokens, audio_tokens, t.mam.prob),
-            dtr_keep=decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob),
-            dir_keep=decoder_view_keep(rng("dir"), IMAGE, t.dir.drop_prob),
+            dtr_keep=decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob) & present,
+            dir_keep=decoder_view_keep(rng("dir"), IMAGE, t.dir.drop_prob) & present,
             match_class=match_class, match_label=match_label, match_keep=match_keep,
             match_u=matching_uniforms(match_rng))
 
@@ -100,6 +108,7 @@ class Collator:
             "pixels": torch.stack([s.pixels for s in samples]),
             "mel": mel,
             "mel_len": torch.tensor([s.mel.shape[0] for s in samples]),
+            "present": torch.from_numpy(np.stack([s.present for s in samples])),
             "modality_keep": stack("keep"),
             "mvm_mask": torch.from_numpy(mvm_mask),
             "mam_mask": torch.from_numpy(mam_mask),

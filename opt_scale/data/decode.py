@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
@@ -25,15 +25,22 @@ class SampleError(ValueError):
     pass
 
 
+# What an absent modality feeds its tower: every tower runs on every row
+# (ZeRO-3 keeps ranks in lock-step by module calls), and the row's
+# ``present`` flag keeps these stand-ins out of every view and loss.
+ABSENT_AUDIO_FRAMES = 4
+
+
 @dataclass
 class DecodedSample:
     key: str
     caption: str
     text_ids: np.ndarray      # [len] int64, [bos] ... [eos]
-    pixels: torch.Tensor      # [3, H, W] uint8
-    mel: torch.Tensor         # [frames, n_mels] float32
+    pixels: torch.Tensor      # [3, H, W] uint8 (zeros when the sample has no image)
+    mel: torch.Tensor         # [frames, n_mels] float32 (a few zero frames when it has no audio)
     meta_json: bytes = b"{}"  # the sample's .json member, parsed on demand (nothing in training reads it)
     image_uid: int = 0        # hash of the image file: narratives of one image share it (never each other's negatives)
+    present: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))  # text, image, audio in the sample
 
     @property
     def meta(self) -> dict:
@@ -49,21 +56,30 @@ class SampleDecoder:
         self.tokenizer = tokenizer
 
     def __call__(self, raw: dict) -> DecodedSample:
+        """A caption with an image, a recording or both (pairs from image-text
+        or audio-text corpora lack one of them)."""
         key = raw.get("__key__", "?")
         try:
             caption = raw["txt"].decode("utf-8").strip()
-            audio_ext = next(e for e in AUDIO_EXTENSIONS if e in raw)
+            audio_ext = next((e for e in AUDIO_EXTENSIONS if e in raw), None)
+            has_image = "jpg" in raw
+            if not has_image and audio_ext is None:
+                raise SampleError(f"sample {key!r} has neither an image (jpg) nor audio ({', '.join(AUDIO_EXTENSIONS)})")
+            size = self.image_size
             return DecodedSample(
                 key=key,
                 caption=caption,
                 text_ids=np.asarray(self.tokenizer.encode(caption, self.max_text_len), dtype=np.int64),
-                pixels=self.decode_image(raw["jpg"]),
-                mel=self.decode_audio(raw[audio_ext]),
+                pixels=self.decode_image(raw["jpg"]) if has_image else torch.zeros(3, size, size, dtype=torch.uint8),
+                mel=(self.decode_audio(raw[audio_ext]) if audio_ext
+                     else torch.zeros(ABSENT_AUDIO_FRAMES, self.n_mels)),
                 meta_json=raw.get("json", b"{}"),
-                image_uid=content_uid(raw["jpg"]),
+                # Without an image, the recording names the sample's group (its narratives are twins).
+                image_uid=content_uid(raw["jpg"] if has_image else raw[audio_ext]),
+                present=np.array([True, has_image, audio_ext is not None]),
             )
-        except StopIteration:
-            raise SampleError(f"sample {key!r} has no audio member ({', '.join(AUDIO_EXTENSIONS)})") from None
+        except SampleError:
+            raise
         except KeyError as exc:
             raise SampleError(f"sample {key!r} lacks member {exc}") from None
         except Exception as exc:

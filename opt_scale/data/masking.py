@@ -91,6 +91,20 @@ def matching_view(rng: np.random.Generator, cls: int, pair_prob: float) -> tuple
     return keep, cls
 
 
+def matching_view_of_present(keep: np.ndarray, label: int, cls: int, present: np.ndarray) -> tuple[np.ndarray, int]:
+    """The matching view of a sample that lacks a modality (an image-text or
+    audio-text pair): that modality left out and the label reduced as
+    :func:`matching_view` reduces it; a view left with one modality has
+    nothing to match, and its label is IGNORE_INDEX."""
+    missing = keep & ~present
+    if not missing.any():
+        return keep, label
+    keep = keep & present
+    if keep.sum() < 2:
+        return keep, IGNORE_INDEX
+    return keep, PAIR_LABELS[int(np.flatnonzero(missing)[0])][cls]
+
+
 def decoder_view_keep(rng: np.random.Generator, target: int, prob: float) -> np.ndarray:
     """Modalities a decoder's memory shows: never ``target`` (the modality it
     rebuilds), so it cannot copy its answer. Of the other two, as the public

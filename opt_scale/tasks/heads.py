@@ -81,6 +81,11 @@ class MatchingHead(nn.Module):
         logits = self.classify(torch.tanh(h)).float()
         if labels is None:
             return logits
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
+        # IGNORE_INDEX: a pair-only sample whose view shows one modality (nothing to match).
+        scored = labels != -100
+        if not bool(scored.any()):  # still a loss, so the head's weights get their (zero) gradient on every rank
+            zero = logits.sum() * 0.0
+            return zero, zero.detach(), logits
+        loss = F.cross_entropy(logits, labels, ignore_index=-100)
+        accuracy = (logits.argmax(-1) == labels)[scored].float().mean()
         return loss, accuracy, logits

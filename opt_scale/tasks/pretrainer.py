@@ -70,6 +70,16 @@ def ignore_unless(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return labels.masked_fill(~keep[:, None], IGNORE_INDEX)
 
 
+def sample_modalities(batch: dict) -> torch.Tensor:
+    """[B, 3] bool: the modalities each sample has (a batch collated before
+    pairs existed has all three, audio unless it is empty)."""
+    if "present" in batch:
+        return batch["present"]
+    present = torch.ones(len(batch["mel_len"]), 3, dtype=torch.bool, device=batch["mel_len"].device)
+    present[:, AUDIO] = batch["mel_len"] > 0
+    return present
+
+
 def _local_rows(x: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, None]:
     return x, None
 
@@ -109,8 +119,7 @@ class OPTPretrainer(nn.Module):
         masked, clean, clean_features = self._towers(batch, n)
         losses, metrics = {}, {}
 
-        present = torch.ones(n.clean_towers, 3, dtype=torch.bool, device=batch["mel_len"].device)
-        present[:, AUDIO] = batch["mel_len"][:n.clean_towers] > 0  # a batch may lack audio
+        present = sample_modalities(batch)[:n.clean_towers]  # image-text / audio-text pairs lack one
         losses["contrastive"], emb, present_all, start, scale = self.contrastive(
             clean, present, batch["image_uid"][:n.clean_towers])
         metrics["contrastive/logit_scale"] = scale
@@ -205,12 +214,17 @@ class OPTPretrainer(nn.Module):
         R = dtr.stop - dtr.start
         text_ids, text_len = batch["text_ids"][:R], batch["text_len"][:R]
         beyond = torch.arange(text_ids.shape[1] - 1, device=text_ids.device)[None] >= (text_len[:, None] - 1)
+        # A pair whose one other modality was dropped leaves the decoder a
+        # memory of [CLS] alone: nothing to caption from, so no target.
+        beyond = beyond | ~batch["dtr_keep"][:R].any(1, keepdim=True)
         targets = text_ids[:, 1:].masked_fill(beyond, IGNORE_INDEX)
         losses["dtr"], _ = self.text_decoder(text_ids[:, :-1], targets, out.memory[dtr], out.memory_lengths[dtr])
         R = dir_.stop - dir_.start
         bos = torch.full_like(codes[:R, :1], self.image_decoder.bos)
-        losses["dir"], _ = self.image_decoder(torch.cat([bos, codes[:R, :-1]], 1), codes[:R], out.memory[dir_],
-                                              out.memory_lengths[dir_])
+        no_image = ~sample_modalities(batch)[:R, IMAGE:IMAGE + 1] | ~batch["dir_keep"][:R].any(1, keepdim=True)
+        losses["dir"], _ = self.image_decoder(torch.cat([bos, codes[:R, :-1]], 1),
+                                              codes[:R].masked_fill(no_image, IGNORE_INDEX),
+                                              out.memory[dir_], out.memory_lengths[dir_])
 
     def _vq_codes(self, pixels: torch.Tensor) -> torch.Tensor:
         """MVM/DIR targets from the frozen tokenizer (zeros when both are off)."""

@@ -1,8 +1,9 @@
 """Two optimizer steps of a small OPT under DeepSpeed ZeRO-3, one process or
 two; writes every micro-batch's losses as JSON.
 
-Batch A has all three modalities; batch B has no audio at all (zero valid
-frames, audio dropped). Two ranks: rank 0 trains on A, rank 1 on B. One
+Batch A has all three modalities but for its last row, an audio-text pair
+(no image); batch B has no audio at all (image-text pairs: zero valid frames,
+audio absent). Two ranks: rank 0 trains on A, rank 1 on B. One
 process: the same two batches as two accumulated micro-batches, which gives
 the same averaged gradient, so the losses and the weights must agree step
 for step. Plain SGD without clipping: its update is proportional to the
@@ -46,13 +47,23 @@ def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
         mel, mel_len = torch.zeros(B, 4, 80), torch.zeros(B, dtype=torch.long)
         mam = torch.zeros(B, cfg.model.audio.tokens_for_frames(4), dtype=torch.bool)
         keep[:, 2] = False
+    present = torch.ones(B, 3, dtype=torch.bool)
+    match_label, match_keep = torch.tensor([4, 1, 2, 0][:B]), torch.ones(B, 3, dtype=torch.bool)
+    pixels = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g)
+    if with_audio:  # the last row: an audio-text pair, its image a zero stand-in
+        present[-1, 1] = keep[-1, 1] = match_keep[-1, 1] = False
+        pixels[-1] = 0
+        match_label[-1] = 2  # class 0 with the image left out: the text-audio pair disagrees
+    else:
+        present[:, 2] = match_keep[:, 2] = False
+        match_label = torch.tensor([4, 1, 4, 1][:B])  # classes 4 1 2 0 with the audio left out
+    dtr_keep = torch.tensor([[False, True, True]] * B) & present
+    dir_keep = torch.tensor([[True, False, True]] * B) & present
     return {"text_ids": text, "text_len": text_len, "mlm_input_ids": mlm_input, "mlm_labels": mlm_labels,
-            "pixels": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g), "mel": mel,
-            "mel_len": mel_len, "modality_keep": keep, "mvm_mask": mvm, "mam_mask": mam,
-            "image_uid": torch.arange(B) + 100 * seed, "dtr_keep": torch.tensor([[False, True, True]] * B),
-            "dir_keep": torch.tensor([[True, False, True]] * B), "match_class": torch.tensor([4, 1, 2, 0][:B]),
-            "match_label": torch.tensor([4, 1, 2, 0][:B]), "match_keep": torch.ones(B, 3, dtype=torch.bool),
-            "match_u": torch.rand(B, 2, generator=g)}
+            "pixels": pixels, "mel": mel, "mel_len": mel_len, "present": present, "modality_keep": keep,
+            "mvm_mask": mvm, "mam_mask": mam, "image_uid": torch.arange(B) + 100 * seed, "dtr_keep": dtr_keep,
+            "dir_keep": dir_keep, "match_class": torch.tensor([4, 1, 2, 0][:B]), "match_label": match_label,
+            "match_keep": match_keep, "match_u": torch.rand(B, 2, generator=g)}
 
 
 def main(out_path: str) -> None:
