@@ -48,8 +48,8 @@ class BuildConfigError(ValueError):
 @dataclass
 class BuildOptions:
     annotations: list[str]
-    image_root: str | list[str]
-    audio_root: str
+    image_root: str | list[str]                          # [] for audio-text pairs alone
+    audio_root: str                                      # "" for image-text pairs alone
     out_dir: str
     prefix: str = "shard"
     samples_per_shard: int = 1000
@@ -71,7 +71,8 @@ class BuildOptions:
         # Absolute: the build identity must name the same directories from any
         # working directory (an array task resubmitted from elsewhere).
         roots = (self.image_root,) if isinstance(self.image_root, str) else tuple(self.image_root)
-        return SampleOptions(tuple(os.path.abspath(r) for r in roots), os.path.abspath(self.audio_root),
+        return SampleOptions(tuple(os.path.abspath(r) for r in roots),
+                             os.path.abspath(self.audio_root) if self.audio_root else "",
                              self.image_short_side, self.jpeg_quality,
                              self.max_audio_seconds, self.audio_format, self.max_image_pixels)
 
@@ -224,7 +225,7 @@ def build(opts: BuildOptions) -> BuildResult:
 def check_inputs(opts: BuildOptions) -> list[str]:
     files = expand_annotations(opts.annotations)
     roots = opts.sample_options().image_roots
-    for root in (*roots, opts.audio_root):
+    for root in (*roots, *([opts.audio_root] if opts.audio_root else [])):
         if not os.path.isdir(root):
             raise BuildConfigError(f"{root!r} is not a directory (check --images / --audio)")
     if opts.open_images_csv and not os.path.isfile(opts.open_images_csv):

@@ -1,4 +1,5 @@
-"""``opt-shards``: build, index, verify and inspect WebDataset shards for OPT.
+"""``opt-shards``: build, index, verify and inspect WebDataset shards for OPT
+(from Localized Narratives, or image-text / audio-text pairs via ``pairs``).
 
 Exit status: 0 success; 1 verification problems or an unfinished build;
 2 bad options or inputs; 3 the build's failure rate exceeds --max-failure-rate
@@ -50,6 +51,16 @@ def _build(args: argparse.Namespace) -> int:
         print(f"job {result.job_index + 1}/{result.num_jobs} done; after all jobs finish run: "
               f"opt-shards index {args.out} --prefix {args.prefix}")
     return EXIT_FAILURE_RATE if result.failure_rate > opts.max_failure_rate else 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from .pairs import write_pairs
+    n = write_pairs(args.input, args.format, args.out, image_key=args.image_key, caption_key=args.caption_key,
+                    audio_name=args.audio_name)
+    side = "--audio" if args.format in ("audiocaps", "clotho") else "--images"
+    print(f"wrote {n} {args.format} pairs to {args.out}; build them with: "
+          f"opt-shards build --annotations {args.out} {side} ROOT --out DIR")
+    return 0
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -108,6 +119,7 @@ def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from .media import AUDIO_FORMATS, DEFAULT_MAX_PIXELS
     from .tokenizer_training import MODEL_TYPES
+    from .pairs import FORMATS
     p = argparse.ArgumentParser(prog="opt-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,10 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = _sub(sub, "build", "build WebDataset shards from narratives, images and recordings", _build)
     b.add_argument("--annotations", nargs="+", required=True,
-                   help="Localized Narratives JSONL files or globs (quote globs)")
-    b.add_argument("--images", nargs="+", required=True,
-                   help="image root(s) holding <ImageID>.jpg (or .jpeg/.png); several are searched in order")
-    b.add_argument("--audio", required=True, help="recordings root that the voice_recording field is relative to")
+                   help="Localized Narratives JSONL files or globs (quote globs), or pairs from `opt-shards pairs`")
+    b.add_argument("--images", nargs="+", default=[],
+                   help="image root(s) holding <ImageID>.jpg (or .jpeg/.png, or a record's image_path); "
+                        "several are searched in order (not needed for audio-text pairs alone)")
+    b.add_argument("--audio", default="",
+                   help="recordings root that the voice_recording field is relative to "
+                        "(not needed for image-text pairs alone)")
     b.add_argument("--out", required=True, help="output directory for shards, sidecars and the index")
     b.add_argument("--prefix", default="shard", help="shard name prefix: PREFIX-000000.tar, PREFIX-index.json")
     b.add_argument("--samples-per-shard", type=int, default=1000,
@@ -181,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("shard", metavar="SHARD", help="shard path (.tar)")
     s.add_argument("--n", type=int, default=8, help="number of samples to export (from the start of the shard)")
     s.add_argument("--out", required=True, help="output directory")
+
+    pr = _sub(sub, "pairs", "turn an image-text or audio-text corpus into records `build` reads", _pairs)
+    pr.add_argument("input", help="the corpus' caption file (COCO JSON, CSV, JSONL, AudioCaps or Clotho CSV)")
+    pr.add_argument("--format", required=True, choices=FORMATS, help="the input's layout")
+    pr.add_argument("--out", required=True, help="output JSON Lines file (pass it to build --annotations)")
+    pr.add_argument("--image-key", default="image", help="csv/jsonl: the column holding the image path")
+    pr.add_argument("--caption-key", default="caption", help="csv/jsonl: the column holding the caption")
+    pr.add_argument("--audio-name", default="{youtube_id}_{start_time}.wav",
+                    help="audiocaps: the clip's file name under build's --audio, from the CSV's columns")
 
     t = _sub(sub, "train-tokenizer", "train a SentencePiece tokenizer on the captions in shards", _train_tokenizer)
     t.add_argument("--shards", required=True, help="shard paths, brace pattern or dataset index .json")

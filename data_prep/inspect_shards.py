@@ -30,19 +30,25 @@ def inspect_shard(shard: str, n: int, out: str | Path) -> list[Path]:
     for sample in iter_samples(shard, limit=n):
         key = sample["__key__"]
         audio_ext = next((e for e in ("flac", "wav", "ogg") if e in sample), None)
-        missing = [m for m, present in (("jpg", "jpg" in sample), ("txt", "txt" in sample),
-                                        ("flac/wav/ogg", audio_ext is not None)) if not present]
-        if missing:
-            raise ValueError(f"{shard}: sample {key!r} has no {' or '.join(missing)} member: not an opt-shards shard?")
-        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-        image.save(out / f"{key}.png")
-        wave, rate = sf.read(io.BytesIO(sample[audio_ext]), dtype="int16")
-        sf.write(out / f"{key}.wav", wave, rate, subtype="PCM_16")
+        if "txt" not in sample or ("jpg" not in sample and audio_ext is None):
+            raise ValueError(f"{shard}: sample {key!r} lacks a txt member or both jpg and flac/wav/ogg: "
+                             "not an opt-shards shard?")
+        image = Image.new("RGB", (THUMB, THUMB), "lightgray")  # an audio-text pair's tile
+        if "jpg" in sample:
+            image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+            image.save(out / f"{key}.png")
+            written.append(out / f"{key}.png")
+        seconds = "no audio"
+        if audio_ext is not None:
+            wave, rate = sf.read(io.BytesIO(sample[audio_ext]), dtype="int16")
+            sf.write(out / f"{key}.wav", wave, rate, subtype="PCM_16")
+            written.append(out / f"{key}.wav")
+            seconds = f"{len(wave) / rate:.1f} s"
         caption = sample["txt"].decode("utf-8")
         meta = json.loads(sample["json"]) if "json" in sample else {}
         (out / f"{key}.txt").write_text(caption + "\n\n" + json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        written += [out / f"{key}.png", out / f"{key}.wav", out / f"{key}.txt"]
-        tiles.append((image, f"{key}  {len(wave) / rate:.1f} s\n{caption}"))
+        written.append(out / f"{key}.txt")
+        tiles.append((image, f"{key}  {seconds}\n{caption}"))
     if tiles:
         sheet = contact_sheet(tiles)
         sheet.save(out / "contact_sheet.png")

@@ -5,6 +5,13 @@ Schema (https://google.github.io/localized-narratives/): ``dataset_id``,
 ``{utterance, start_time, end_time}``), ``traces`` (list of lists of
 ``{x, y, t}``), ``voice_recording`` (path relative to the recordings root).
 
+Pairs from image-text and audio-text corpora (``opt-shards pairs`` writes
+them) use the same schema with one modality left out: ``voice_recording``
+null (image-text; a missing field stays an error, as in a narrative), or ``has_image`` false (audio-text; its
+``image_id`` then names the clip, for keys and held-out splits). An optional
+``image_path`` names the image file relative to an image root, for corpora
+whose file names are not ``<image_id>.jpg``.
+
 The same :func:`parse_line` runs in the planning pre-pass and in the shard
 builder, so a line's verdict (and its sample key) is decided identically in
 both places.
@@ -39,9 +46,11 @@ class Narrative:
     image_id: str
     annotator_id: int
     caption: str
-    voice_recording: str
+    voice_recording: str              # "" for an image-text pair
     timed_caption: list = field(default_factory=list)
     traces: list = field(default_factory=list)
+    has_image: bool = True            # False for an audio-text pair
+    image_path: str = ""              # relative to an image root; "" = <image_id>.jpg/.jpeg/.png
 
     @property
     def key(self) -> str:
@@ -82,7 +91,14 @@ def parse_line(line: bytes | str) -> Narrative:
     image_id = str(get("image_id", (str, int)))  # COCO's ids are ints in some releases
     annotator_id = get("annotator_id", int)
     caption = get("caption", str).strip()
-    voice_recording = get("voice_recording", str)
+    # Required, as in the release; null (not absent) marks an image-text pair.
+    voice_recording = "" if obj.get("voice_recording", "") is None else get("voice_recording", str)
+    has_image = obj.get("has_image", True)
+    image_path = obj.get("image_path") or ""
+    if not isinstance(has_image, bool) or not isinstance(image_path, str):
+        raise RecordError("bad_field_type", "field 'has_image' must be a boolean and 'image_path' a string")
+    if not has_image and not voice_recording:
+        raise RecordError("missing_field", "a record needs an image, a voice_recording or both")
     timed_caption = obj.get("timed_caption", [])
     traces = obj.get("traces", [])
     if not isinstance(timed_caption, list):
@@ -90,10 +106,14 @@ def parse_line(line: bytes | str) -> Narrative:
     if not isinstance(traces, list):
         raise RecordError("bad_field_type", "field 'traces' is not a list")
     check_image_id(image_id, dataset_id)
-    check_relative_path(voice_recording, "voice_recording")
+    if voice_recording:
+        check_relative_path(voice_recording, "voice_recording")
+    if image_path:
+        check_relative_path(image_path, "image_path")
     if not caption:
         raise RecordError("empty_caption", "caption is empty")
-    return Narrative(dataset_id, image_id, annotator_id, caption, voice_recording, timed_caption, traces)
+    return Narrative(dataset_id, image_id, annotator_id, caption, voice_recording, timed_caption, traces,
+                     has_image, image_path if has_image else "")
 
 
 def check_image_id(image_id: str, dataset_id: str) -> None:

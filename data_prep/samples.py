@@ -41,13 +41,17 @@ def make_sample(raw_line: bytes, source_file: str, line_no: int, opts: SampleOpt
                 csv_rows: dict[str, dict[str, str]] | None) -> Sample:
     """Build one sample; raises RecordError/MediaError (with a reason) for bad input."""
     rec = parse_line(raw_line)
-    image_name, image_raw = read_image(opts.image_roots, rec.image_id)
-    audio_raw = read_audio(opts.audio_root, rec.voice_recording)
-    csv_row = csv_rows.get(rec.image_id) if csv_rows is not None else None
-    rotation = parse_rotation(csv_row.get("rotation")) if csv_row else None
-    image = process_image(image_raw, short_side=opts.image_short_side, quality=opts.jpeg_quality,
-                          rotation=rotation, max_pixels=opts.max_image_pixels)
-    audio = process_audio(audio_raw, max_seconds=opts.max_audio_seconds, audio_format=opts.audio_format)
+    image = audio = image_name = csv_row = None
+    if rec.has_image:
+        image_name, image_raw = (read_image_path(opts.image_roots, rec.image_path) if rec.image_path
+                                 else read_image(opts.image_roots, rec.image_id))
+        csv_row = csv_rows.get(rec.image_id) if csv_rows is not None else None
+        rotation = parse_rotation(csv_row.get("rotation")) if csv_row else None
+        image = process_image(image_raw, short_side=opts.image_short_side, quality=opts.jpeg_quality,
+                              rotation=rotation, max_pixels=opts.max_image_pixels)
+    if rec.voice_recording:
+        audio = process_audio(read_audio(opts.audio_root, rec.voice_recording), max_seconds=opts.max_audio_seconds,
+                              audio_format=opts.audio_format)
     meta = {
         "key": rec.key,
         "dataset_id": rec.dataset_id,
@@ -56,22 +60,25 @@ def make_sample(raw_line: bytes, source_file: str, line_no: int, opts: SampleOpt
         "timed_caption": rec.timed_caption,
         "voice_recording": rec.voice_recording,
         "source": {"annotation_file": os.path.basename(source_file), "line": line_no},
-        "image": {"file": image_name, "format": image.source_format, "original_size": list(image.original_size),
-                  "size": list(image.size), "exif_orientation": image.exif_orientation,
-                  "rotation_applied": image.rotation, "sha256": image.sha256},
-        "audio": {"original_rate": audio.original_rate, "original_channels": audio.original_channels,
-                  "original_seconds": round(audio.original_seconds, 4), "seconds": round(audio.seconds, 4),
-                  "sample_rate": 16_000, "format": audio.extension, "cropped": audio.cropped,
-                  "sha256": audio.sha256},
+        "image": None if image is None else {
+            "file": image_name, "format": image.source_format, "original_size": list(image.original_size),
+            "size": list(image.size), "exif_orientation": image.exif_orientation,
+            "rotation_applied": image.rotation, "sha256": image.sha256},
+        "audio": None if audio is None else {
+            "original_rate": audio.original_rate, "original_channels": audio.original_channels,
+            "original_seconds": round(audio.original_seconds, 4), "seconds": round(audio.seconds, 4),
+            "sample_rate": 16_000, "format": audio.extension, "cropped": audio.cropped, "sha256": audio.sha256},
         "open_images": csv_row,
     }
-    members = {
-        "jpg": image.jpeg,
-        audio.extension: audio.data,
-        "txt": rec.caption.encode("utf-8"),
-        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-    }
-    return Sample(rec.key, members, audio.cropped, csv_rows is not None and csv_row is None)
+    members = {}  # in this order: a narrative's shard bytes are those of earlier builds
+    if image is not None:
+        members["jpg"] = image.jpeg
+    if audio is not None:
+        members[audio.extension] = audio.data
+    members["txt"] = rec.caption.encode("utf-8")
+    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return Sample(rec.key, members, audio is not None and audio.cropped,
+                  rec.has_image and csv_rows is not None and csv_row is None)
 
 
 def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
@@ -90,11 +97,26 @@ def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
                 continue
             except OSError as exc:
                 raise RecordError("missing_image", f"cannot read {name}: {exc.strerror}") from None
-    raise RecordError("missing_image", f"no {image_id}.jpg/.jpeg/.png under {', '.join(roots)}")
+    raise RecordError("missing_image", f"no {image_id}.jpg/.jpeg/.png under {', '.join(roots) or '(no --images given)'}")
+
+
+def read_image_path(roots: tuple[str, ...], image_path: str) -> tuple[str, bytes]:
+    """Bytes of the image at ``image_path`` (relative) under the first root that has it."""
+    for root in roots:
+        try:
+            return image_path, read_regular_file(os.path.join(root, image_path), MAX_IMAGE_FILE_BYTES,
+                                                 "image_too_large", "bad_image")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            continue
+        except OSError as exc:
+            raise RecordError("missing_image", f"cannot read {image_path}: {exc.strerror}") from None
+    raise RecordError("missing_image", f"no {image_path} under {', '.join(roots) or '(no --images given)'}")
 
 
 def read_audio(root: str, voice_recording: str) -> bytes:
     """Bytes of the recording at ``root/voice_recording``: the field is used as given."""
+    if not root:
+        raise RecordError("missing_audio", f"{voice_recording}: no recordings root given (--audio)")
     path = os.path.join(root, voice_recording)
     try:
         return read_regular_file(path, MAX_AUDIO_FILE_BYTES, "bad_audio", "bad_audio")

@@ -103,21 +103,21 @@ def _check_sample(sample: dict, check: ShardCheck) -> None:
 
     if "." in key or not key:
         problem("key is empty or holds a dot")
-    try:
-        img = Image.open(io.BytesIO(sample["jpg"]))
-        img.load()
-        if img.format != "JPEG" or img.mode != "RGB":
-            problem(f"image is {img.format} {img.mode}, expected an RGB JPEG")
-    except KeyError:
-        problem("no jpg member")
-        img = None
-    except Exception as exc:
-        problem(f"image does not decode ({type(exc).__name__}: {exc})")
-        img = None
     audio_ext = next((e for e in AUDIO_EXTENSIONS if e in sample), None)
-    if audio_ext is None:
-        problem(f"no audio member ({'/'.join(AUDIO_EXTENSIONS)})")
-    else:
+    # A narrative has both; an image-text or audio-text pair one of them.
+    if "jpg" not in sample and audio_ext is None:
+        problem(f"neither a jpg nor an audio member ({'/'.join(AUDIO_EXTENSIONS)})")
+    img = None
+    if "jpg" in sample:
+        try:
+            img = Image.open(io.BytesIO(sample["jpg"]))
+            img.load()
+            if img.format != "JPEG" or img.mode != "RGB":
+                problem(f"image is {img.format} {img.mode}, expected an RGB JPEG")
+        except Exception as exc:
+            problem(f"image does not decode ({type(exc).__name__}: {exc})")
+            img = None
+    if audio_ext is not None:
         try:
             wave, rate = sf.read(io.BytesIO(sample[audio_ext]), dtype="float32", always_2d=True)
             if rate != 16_000 or wave.shape[1] != 1 or wave.shape[0] == 0:
@@ -136,8 +136,13 @@ def _check_sample(sample: dict, check: ShardCheck) -> None:
         meta = json.loads(sample["json"])
         if meta.get("key") != key:
             problem(f"metadata names key {meta.get('key')!r}")
-        if img is not None and list(img.size) != meta.get("image", {}).get("size"):
-            problem(f"image is {img.size}, metadata says {meta.get('image', {}).get('size')}")
+        image_meta = meta.get("image") or {}
+        if img is not None and list(img.size) != image_meta.get("size"):
+            problem(f"image is {img.size}, metadata says {image_meta.get('size')}")
+        for member, there, field in (("jpg", "jpg" in sample, "image"), ("audio", audio_ext is not None, "audio")):
+            if field in meta and (meta[field] is not None) != there:
+                problem(f"metadata {'describes' if meta[field] is not None else 'lacks'} the {member}, "
+                        f"the sample {'lacks' if meta[field] is not None else 'has'} it")
     except KeyError:
         problem("no json member")
     except ValueError as exc:

@@ -82,7 +82,7 @@ class OPT:
         return out, lengths
 
     def _pixels(self, image: ImageInput) -> torch.Tensor:
-        from data_prep.media import exif_orientation
+        from opt_scale.data_prep.media import exif_orientation
         size = self.config.model.vision.image_size
         if isinstance(image, Image.Image):
             return centre_square(upright_rgb(image), size)
@@ -101,7 +101,7 @@ class OPT:
             wave, rate = sf.read(io.BytesIO(data), dtype="float32")
         wave = wave.mean(axis=1, dtype=np.float32) if wave.ndim == 2 else wave
         if int(rate) != SAMPLE_RATE:
-            from data_prep.media import resample_to_16k
+            from opt_scale.data_prep.media import resample_to_16k
             wave = resample_to_16k(wave, int(rate))
         wave = wave[:int(self.config.model.audio.max_seconds * SAMPLE_RATE)]
         if len(wave) == 0:
@@ -188,7 +188,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", batch_size: int =
 
 def upright_rgb(img: Image.Image) -> Image.Image:
     """Turned upright by its EXIF orientation and converted to RGB, as the shard builder does."""
-    from data_prep.media import EXIF_TRANSPOSE, exif_orientation, to_rgb
+    from opt_scale.data_prep.media import EXIF_TRANSPOSE, exif_orientation, to_rgb
     orientation = exif_orientation(img)
     return to_rgb(img.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else img)
 
