@@ -300,3 +300,64 @@ def test_opt_train_refuses_too_little_data_in_one_line(tiny_overrides):
     assert proc.returncode != 0
     assert "48 samples" in proc.stderr and "train.micro_batch_size" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- weighted mixtures (data.train_weights)
+
+def test_a_mixture_takes_whole_shards_in_proportion_and_walks_each_source_evenly():
+    from opt_scale.data.sources import ShardMixture
+    big = [ShardInfo(f"big-{i}.tar", 1000) for i in range(100)]
+    small = [ShardInfo(f"small-{i}.tar", 1000) for i in range(10)]
+    mix = ShardMixture([big, small], (1.0, 1.0), seed=3)
+    assert mix.shards_per_epoch == [55, 55]  # 110 shards an epoch, half from each: the small set 5.5 times
+    uses = Counter()
+    for epoch in range(4):
+        shards = mix.for_epoch(epoch)
+        assert mix.for_epoch(epoch) == shards and len(shards) == 110  # a function of (seed, epoch)
+        assert sum(s.url.startswith("small") for s in shards) == 55
+        uses.update(s.url for s in shards if s.url.startswith("small"))
+    assert set(uses.values()) == {22}  # 4 x 55 draws over 10 shards: every one equally often
+    lines = mix.describe()
+    assert len(lines) == 2 and "55 of 10 shards" in lines[1] and "(50.0%)" in lines[1]
+    assert ShardMixture([big, small]).for_epoch(5) == big + small  # unweighted: every shard once
+    assert mix.fingerprint() != ShardMixture([big, small]).fingerprint() != ShardMixture([big, small], (1, 3)).fingerprint()
+
+
+def test_mixture_weights_are_checked(demo_shards):
+    from opt_scale.data.sources import ShardSpecError, resolve_mixture
+    spec = f"{demo_shards / 'demo-000000.tar'},{demo_shards / 'demo-00000{1..2}.tar'}"
+    with pytest.raises(ShardSpecError, match="2 comma-separated sources"):
+        resolve_mixture(spec, (1.0,))
+    with pytest.raises(ShardSpecError, match="finite, >= 0"):
+        resolve_mixture(spec, (1.0, float("nan")))
+    with pytest.raises(ShardSpecError, match="not all zero"):
+        resolve_mixture(spec, (0.0, 0.0))
+    mix = resolve_mixture(spec, (3.0, 1.0))
+    assert [len(p) for p in mix.epoch_parts(0)] == [2, 1]  # 36 and 12 samples wanted, 16 per shard
+
+
+@pytest.mark.parametrize("stop_after", [3, 13])
+def test_a_mixture_resumes_exactly(demo_shards, demo_tokenizer, stop_after):
+    from opt_scale.data.sources import resolve_mixture
+    spec = f"{demo_shards / 'demo-000000.tar'},{demo_shards / 'demo-00000{1..2}.tar'}"
+    cfg = tiny()
+    data = DataConfig(num_workers=2, shuffle_block=8, prefetch_factor=2, train_weights=(3.0, 1.0))
+
+    def loader(cursor=None):
+        return TrainLoader(resolve_mixture(spec, data.train_weights), data, cfg.model, cfg.tasks,
+                           Tokenizer(str(demo_tokenizer)), 0, 1, 4, cursor=cursor)
+
+    full = loader()
+    reference = [next(full) for _ in range(26)]  # two epochs of 12 batches, into the third
+    first_epoch = Counter(k for b in reference[:12] for k in b["keys"])
+    from_a = sum(n for k, n in first_epoch.items() if any(k == r["__key__"] for r in
+                                                            iter_samples(str(demo_shards / "demo-000000.tar"))))
+    assert from_a == 32 and max(first_epoch.values()) == 2  # source A's one shard twice, B's once
+    first = loader()
+    seen = [next(first) for _ in range(stop_after)]
+    cursor = DataCursor.from_dict(first.global_cursor([first.local_state()]).to_dict())
+    resumed = loader(cursor)
+    seen += [next(resumed) for _ in range(26 - stop_after)]
+    assert_same_batches(seen, reference)
+    with pytest.raises(ValueError, match="different shard set"):  # the same shards, unweighted: another stream
+        make_loader(demo_shards, demo_tokenizer, 0, 1, 0, cursor=cursor, spec="demo-index.json")

@@ -34,7 +34,7 @@ def corpora(demo_raw, tmp_path) -> tuple:
     return ann, coco_path, clotho_path, csv_path
 
 
-def test_pairs_build_verify_and_train_on_two_ranks(demo_raw, demo_tokenizer, demo_vq, tmp_path):
+def test_pairs_build_verify_and_train_on_two_ranks(demo_raw, demo_shards, demo_tokenizer, demo_vq, tmp_path):
     ann, coco, clotho, table = corpora(demo_raw, tmp_path)
     for src, fmt, extra in ((coco, "coco", []), (clotho, "clotho", []),
                             (table, "csv", ["--image-key", "filepath", "--caption-key", "title"])):
@@ -66,12 +66,15 @@ def test_pairs_build_verify_and_train_on_two_ranks(demo_raw, demo_tokenizer, dem
     assert set(kinds.values()) == {(True, True), (True, False), (False, True)}
 
     run = tmp_path / "run"
-    proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", f"data.train_shards={shards / 'mix-index.json'}",
-                                       f"data.tokenizer={demo_tokenizer}", f"model.vq.checkpoint={demo_vq}",
-                                       f"train.out_dir={run}", "train.steps=4", "train.micro_batch_size=6",
-                                       "train.log_every=1", "data.num_workers=0", "train.checkpoint_every=0"],
-                   timeout=600)
-    assert "step 4/4" in proc.stdout + proc.stderr
+    # The pairs' shard set and the narratives' as a weighted mixture: 1 part pairs to 2 parts narratives.
+    mixture = f"{shards / 'mix-index.json'},{demo_shards / 'demo-index.json'}"
+    proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", f"data.train_shards={mixture}",
+                                       "data.train_weights=1,2", f"data.tokenizer={demo_tokenizer}",
+                                       f"model.vq.checkpoint={demo_vq}", f"train.out_dir={run}", "train.steps=4",
+                                       "train.micro_batch_size=6", "train.log_every=1", "data.num_workers=0",
+                                       "train.checkpoint_every=0"], timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "step 4/4" in out and out.count("data mixture:") == 2
 
 
 def test_pairs_refuses_bad_input_in_one_line(tmp_path):

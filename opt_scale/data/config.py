@@ -10,6 +10,10 @@ from opt_scale.utils.config_tools import require
 @dataclass
 class DataConfig:
     train_shards: str = ""       # index .json, paths, globs, brace patterns (pipe:/http(s) shards via an index)
+    # One weight per comma-separated part of train_shards: the parts become a
+    # weighted mixture (each epoch takes whole shards of each in proportion).
+    # Empty: every shard once per epoch.
+    train_weights: tuple[float, ...] = ()
     eval_shards: str = ""        # held-out shards for periodic evaluation (train.eval_every)
     tokenizer: str = ""          # SentencePiece .model (opt-shards train-tokenizer)
     num_workers: int = 2         # loader processes per rank

@@ -22,7 +22,7 @@ from .collate import Collator
 from .decode import SampleDecoder
 from .plan import EpochPlan, Layout, block_permutation, stream_to_global
 from .shard_reader import iter_samples
-from .sources import ShardInfo
+from .sources import ShardMixture
 from .substitutes import DamagedShardsError, ShuffleBlock
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class SlotCursor:
 
 
 class SlotBatches(IterableDataset):
-    def __init__(self, shards: list[ShardInfo], layout: Layout, rank: int, seed: int,
+    def __init__(self, shards: ShardMixture, layout: Layout, rank: int, seed: int,
                  start: dict[int, SlotCursor], epoch_intervals: dict[int, list],
                  decoder: SampleDecoder, collator: Collator, shuffle_block: int, worker_offset: int = 0):
         self.shards = shards
@@ -54,7 +54,8 @@ class SlotBatches(IterableDataset):
         self.shuffle_block = shuffle_block
 
     def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.shards, epoch, self.seed, self.layout, self.epoch_intervals.get(epoch))
+        return EpochPlan(self.shards.for_epoch(epoch), epoch, self.seed, self.layout,
+                         self.epoch_intervals.get(epoch))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -131,7 +132,7 @@ class SlotBatches(IterableDataset):
                 continue
             first = seg.start + skip
             skip = 0
-            url = self.shards[seg.shard].url
+            url = plan.shards[seg.shard].url
             got = 0
             for raw in self._open_with_retries(url, first, seg.stop - first):
                 got += 1

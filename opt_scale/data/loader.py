@@ -24,8 +24,8 @@ from .collate import Collator
 from .config import DataConfig
 from .dataset import SlotBatches, SlotCursor
 from .decode import SampleDecoder
-from .plan import EpochPlan, Layout, shards_fingerprint
-from .sources import ShardInfo
+from .plan import EpochPlan, Layout
+from .sources import ShardInfo, ShardMixture
 from .substitutes import DamagedShardsError, SubstitutionLimit
 from .tokenizer import Tokenizer
 from .worker_signals import ignore_stop_signals
@@ -59,16 +59,18 @@ class CursorMismatch(ValueError):
 
 
 class TrainLoader:
-    def __init__(self, shards: list[ShardInfo], data_cfg: DataConfig, model_cfg: ModelConfig,
+    def __init__(self, shards: list[ShardInfo] | ShardMixture, data_cfg: DataConfig, model_cfg: ModelConfig,
                  tasks_cfg: TasksConfig, tokenizer: Tokenizer, rank: int, world_size: int,
                  batch_size: int, cursor: DataCursor | None = None, pin_memory: bool = False):
-        self.shards = shards
+        # A plain shard list, or a weighted mixture whose shards differ by epoch.
+        self.shards = shards if isinstance(shards, ShardMixture) else ShardMixture([shards])
+        shards = self.shards
         self.rank = rank
         self.seed = data_cfg.seed
         self.shuffle_block = data_cfg.shuffle_block
         self.layout = Layout(world_size, max(1, data_cfg.num_workers), batch_size)
-        require_one_batch_per_slot(shards, data_cfg, world_size, batch_size)
-        self.fingerprint = shards_fingerprint(shards)
+        require_one_batch_per_slot(shards.for_epoch(0), data_cfg, world_size, batch_size)
+        self.fingerprint = shards.fingerprint()
         start, self.epoch_intervals, self.batches_consumed = self._start_from(cursor)
         self.slot_state = {s: start[s] for s in self._my_slots()}
         self.dataset = SlotBatches(shards, self.layout, rank, self.seed, start, self.epoch_intervals,
@@ -103,7 +105,7 @@ class TrainLoader:
 
     def batches_per_epoch(self, epoch: int) -> int:
         """Batches each rank yields in ``epoch`` (all workers together)."""
-        plan = EpochPlan(self.shards, epoch, self.seed, self.layout, self.epoch_intervals.get(epoch))
+        plan = EpochPlan(self.shards.for_epoch(epoch), epoch, self.seed, self.layout, self.epoch_intervals.get(epoch))
         return plan.batches_per_slot * self.layout.workers_per_rank
 
     def __iter__(self):
@@ -182,12 +184,12 @@ class TrainLoader:
         # every epoch a slot stands in is carried.
         remainders = {}
         for e in sorted({c["epoch"] for c in cursor.slots}):
-            plan = EpochPlan(self.shards, e, self.seed, old, cursor.epoch_intervals.get(e))
+            plan = EpochPlan(self.shards.for_epoch(e), e, self.seed, old, cursor.epoch_intervals.get(e))
             consumed = [c["consumed"] if c["epoch"] == e else plan.per_slot if c["epoch"] > e else 0
                         for c in cursor.slots]
             remainders[e] = plan.remainder(consumed, self.shuffle_block)
         epoch = min(remainders)
-        new_plan = EpochPlan(self.shards, epoch, self.seed, self.layout, remainders[epoch])
+        new_plan = EpochPlan(self.shards.for_epoch(epoch), epoch, self.seed, self.layout, remainders[epoch])
         left = sum(b - a for a, b in remainders[epoch])
         if new_plan.per_slot == 0:
             log.warning("data layout changed from %s to %s: the %d unread samples of epoch %d are fewer than "

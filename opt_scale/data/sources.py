@@ -9,6 +9,10 @@ A spec is one of, or a comma-separated mix of:
   (``shards-{000000..000511}.tar``);
 * ``pipe:`` commands and ``http(s)://`` URLs (brace patterns allowed).
 
+With ``data.train_weights`` (one weight per comma-separated part), the parts
+are the sources of a weighted mixture (:class:`ShardMixture`): each epoch
+takes whole shards from every source in proportion to its weight.
+
 Exact epochs need every shard's sample count up front. Indexes carry it;
 local tars are counted from their headers (a tar cut short counts its whole
 samples, with a warning); remote shards without an index are refused with a
@@ -18,7 +22,9 @@ message saying what to pass instead.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import math
 import os
 import tarfile
 from collections.abc import Iterator
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import braceexpand
+import numpy as np
 
 from opt_scale.utils.config_tools import ConfigError
 from opt_scale.utils.input_paths import describe
@@ -55,6 +62,95 @@ def resolve_shards(spec: str, key: str = "data.train_shards") -> list[ShardInfo]
     if not any(s.num_samples for s in shards):
         raise ShardSpecError(f"{describe(key)} ({spec!r}): every shard it names is empty (0 samples)")
     return shards
+
+
+class ShardMixture:
+    """The shards of each epoch: every shard of a plain spec; for a weighted
+    mixture, each source's share of whole shards.
+
+    An epoch reads as many samples as all sources hold together; source i
+    gets ``round(w_i / sum(w) x that / its mean shard size)`` shards (at
+    least one when its weight is positive): fewer than it has subsamples it,
+    more repeats it. They are taken from the source's own endless stream of
+    shards (pass after pass over its shards, each pass in a seeded order), so
+    successive epochs go on through the stream and every shard of a source is
+    read equally often. A shard repeated within one epoch gives its samples
+    the same masks both times (they derive from (seed, epoch, key)). An
+    epoch's list is a function of (seed, epoch) alone, which keeps the
+    loader's cursor and its exact resume as they are."""
+
+    def __init__(self, sources: list[list[ShardInfo]], weights: tuple[float, ...] = (), seed: int = 0,
+                 names: list[str] | None = None):
+        self.sources = [list(src) for src in sources]
+        self.names = names or [f"source {i}" for i in range(len(sources))]
+        self.weights = tuple(float(w) for w in weights)
+        self.seed = seed
+        if not self.weights:
+            self.shards_per_epoch = [len(src) for src in self.sources]
+            return
+        total = sum(s.num_samples for src in self.sources for s in src)
+        self.shards_per_epoch = []
+        for src, w in zip(self.sources, self.weights):
+            mean = sum(s.num_samples for s in src) / len(src)
+            want = w / sum(self.weights) * total / max(mean, 1e-9)
+            self.shards_per_epoch.append(0 if w == 0 else max(1, round(want)))
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.weights)
+
+    def for_epoch(self, epoch: int) -> list[ShardInfo]:
+        return [s for part in self.epoch_parts(epoch) for s in part]
+
+    def epoch_parts(self, epoch: int) -> list[list[ShardInfo]]:
+        """Each source's shards in ``epoch``."""
+        if not self.weighted:
+            return [list(src) for src in self.sources]
+        parts = []
+        for i, (src, k) in enumerate(zip(self.sources, self.shards_per_epoch)):
+            part = []
+            for j in range(epoch * k, (epoch + 1) * k):
+                stream_pass, index = divmod(j, len(src))
+                part.append(src[int(self._pass_order(i, stream_pass, len(src))[index])])
+            parts.append(part)
+        return parts
+
+    def _pass_order(self, source: int, stream_pass: int, n: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, source, stream_pass, 0x313E]).permutation(n)
+
+    def fingerprint(self) -> str:
+        """Identifies what a cursor was made on: the shards (names and counts), and the weights."""
+        from .plan import shards_fingerprint
+        plain = shards_fingerprint([s for src in self.sources for s in src])
+        if not self.weighted:
+            return plain  # as before mixtures existed: older cursors still match
+        return hashlib.sha256(f"{plain}:{self.weights}:{self.shards_per_epoch}".encode()).hexdigest()[:16]
+
+    def describe(self) -> list[str]:
+        """One line per source: its shards and samples per epoch and its share."""
+        lines = []
+        per_epoch = [sum(s.num_samples for s in part) for part in self.epoch_parts(0)]
+        total = max(1, sum(per_epoch))
+        for i, src in enumerate(self.sources):
+            lines.append(f"{self.names[i]}: {self.shards_per_epoch[i]} of {len(src)} shards per epoch, "
+                         f"~{per_epoch[i]} samples ({100 * per_epoch[i] / total:.1f}%)")
+        return lines
+
+
+def resolve_mixture(spec: str, weights: tuple[float, ...] = (), seed: int = 0,
+                    key: str = "data.train_shards") -> ShardMixture:
+    """A plain spec (no weights), or one source per comma-separated part of
+    ``spec`` with the weight of the same place in ``weights``."""
+    if not weights:
+        return ShardMixture([resolve_shards(spec, key)])
+    parts = _split_top_level(spec)
+    if len(parts) != len(weights):
+        raise ShardSpecError(f"data.train_weights has {len(weights)} weights but {describe(key)} has {len(parts)} "
+                             "comma-separated sources: give one weight per source")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ShardSpecError(f"data.train_weights={list(weights)}: weights must be finite, >= 0, "
+                             "and not all zero")
+    return ShardMixture([resolve_shards(part, key) for part in parts], tuple(weights), seed, parts)
 
 
 def check_shard_spec(spec: str, key: str = "data.train_shards") -> None:

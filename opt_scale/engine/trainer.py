@@ -16,7 +16,7 @@ import torch
 from opt_scale.config import RunConfig
 from opt_scale.data.capacity import require_one_batch_per_slot
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
-from opt_scale.data.sources import resolve_shards
+from opt_scale.data.sources import resolve_mixture
 from opt_scale.data.tokenizer import Tokenizer
 from opt_scale.tasks.registry import build_task_module, load_frozen_vq
 from opt_scale.utils.config_tools import ConfigError, to_dict
@@ -149,10 +149,10 @@ class Trainer:
         self.pretraining = cfg.train.task == "pretrain"
         self.tokenizer = Tokenizer(cfg.data.tokenizer)
         fill_vocab(cfg, self.tokenizer)
-        self.shards = resolve_shards(cfg.data.train_shards)
+        self.shards = resolve_mixture(cfg.data.train_shards, cfg.data.train_weights, cfg.data.seed)
         self.ds_cfg = build_ds_config(cfg.train, self.world)
         self.global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world
-        require_one_batch_per_slot(self.shards, cfg.data, self.world, cfg.train.micro_batch_size)
+        require_one_batch_per_slot(self.shards.for_epoch(0), cfg.data, self.world, cfg.train.micro_batch_size)
         if self.dist_env.is_main:
             self._write_run_files()
 
@@ -188,9 +188,13 @@ class Trainer:
         (self.out_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
         if Path(self.tokenizer.path).resolve() != (self.out_dir / "tokenizer.model").resolve():
             shutil.copyfile(self.tokenizer.path, self.out_dir / "tokenizer.model")
-        log.info("run %s: world %d (%s), %d shards / %d samples, ZeRO stage %d, precision %s", self.out_dir,
-                 self.world, self.dist_env.launcher, len(self.shards), sum(s.num_samples for s in self.shards),
+        epoch = self.shards.for_epoch(0)
+        log.info("run %s: world %d (%s), %d shards / %d samples per epoch, ZeRO stage %d, precision %s",
+                 self.out_dir, self.world, self.dist_env.launcher, len(epoch), sum(s.num_samples for s in epoch),
                  zero_stage(self.ds_cfg), precision_of(self.ds_cfg))
+        if self.shards.weighted:
+            for line in self.shards.describe():
+                log.info("data mixture: %s", line)
 
     def _build_engine(self) -> None:
         import deepspeed

@@ -112,6 +112,13 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
+def _number(text: str, key: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ConfigError(f"config key '{key}' expects numbers, got {text!r}") from None
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -123,11 +130,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+        elem = args[0] if args else Any
+        if isinstance(value, str):  # "0.7,0.3" as well as [0.7, 0.3]
+            value = [_number(v.strip(), key) if elem in (int, float) else v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
-        elem = args[0] if args else Any
         items = [_coerce(elem, v, key) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict:
