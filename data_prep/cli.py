@@ -56,7 +56,7 @@ def _build(args: argparse.Namespace) -> int:
 def _pairs(args: argparse.Namespace) -> int:
     from .pairs import write_pairs
     n = write_pairs(args.input, args.format, args.out, image_key=args.image_key, caption_key=args.caption_key,
-                    audio_name=args.audio_name)
+                    audio_name=args.audio_name, split=args.split)
     side = "--audio" if args.format in ("audiocaps", "clotho") else "--images"
     print(f"wrote {n} {args.format} pairs to {args.out}; build them with: "
           f"opt-shards build --annotations {args.out} {side} ROOT --out DIR")
@@ -198,13 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
 
     pr = _sub(sub, "pairs", "turn an image-text or audio-text corpus into records `build` reads", _pairs)
-    pr.add_argument("input", help="the corpus' caption file (COCO JSON, CSV, JSONL, AudioCaps or Clotho CSV)")
+    pr.add_argument("input", help="the corpus' caption file (COCO or Karpathy-split JSON, CSV, JSONL, AudioCaps "
+                                  "or Clotho CSV)")
     pr.add_argument("--format", required=True, choices=FORMATS, help="the input's layout")
     pr.add_argument("--out", required=True, help="output JSON Lines file (pass it to build --annotations)")
     pr.add_argument("--image-key", default="image", help="csv/jsonl: the column holding the image path")
     pr.add_argument("--caption-key", default="caption", help="csv/jsonl: the column holding the caption")
     pr.add_argument("--audio-name", default="{youtube_id}_{start_time}.wav",
                     help="audiocaps: the clip's file name under build's --audio, from the CSV's columns")
+    pr.add_argument("--split", default="train", choices=("train", "restval", "val", "test"),
+                    help="karpathy: the split to take (train includes restval)")
 
     t = _sub(sub, "train-tokenizer", "train a SentencePiece tokenizer on the captions in shards", _train_tokenizer)
     t.add_argument("--shards", required=True, help="shard paths, brace pattern or dataset index .json")

@@ -12,6 +12,10 @@ Formats (``--format``):
 * ``coco``: a COCO captions JSON (``images`` with ``id`` / ``file_name``,
   ``annotations`` with ``image_id`` / ``caption``), the file names relative
   to the ``--images`` root given to ``build``;
+* ``karpathy``: the Karpathy-split JSON of COCO or Flickr30k
+  (``dataset_coco.json``, ``dataset_flickr30k.json``: ``images`` with
+  ``filepath`` / ``filename`` / ``split`` / ``sentences``), one ``--split``
+  (``train`` takes ``restval`` too, as is usual);
 * ``csv`` / ``jsonl``: one image path (relative to an image root) and one
   caption per row, columns ``--image-key`` / ``--caption-key`` (open_clip's
   ``filepath`` / ``title`` work as well as the default ``image`` / ``caption``);
@@ -36,7 +40,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 
-FORMATS = ("coco", "csv", "jsonl", "audiocaps", "clotho")
+FORMATS = ("coco", "karpathy", "csv", "jsonl", "audiocaps", "clotho")
 SAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -76,6 +80,23 @@ def coco_records(path: str) -> Iterator[dict]:
         index = seen[ann["image_id"]]
         seen[ann["image_id"]] += 1
         yield image_record("coco", SAFE.sub("_", str(ann["image_id"])), files[ann["image_id"]], ann["caption"], index)
+
+
+def karpathy_records(path: str, split: str) -> Iterator[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        images, dataset = data["images"], str(data.get("dataset", "karpathy"))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PairsError(f"{path}: not a Karpathy-split JSON ({type(exc).__name__}: {exc})") from None
+    wanted = {"train", "restval"} if split == "train" else {split}
+    for img in images:
+        if img.get("split") not in wanted:
+            continue
+        image_path = str(PurePosixPath(img["filepath"]) / img["filename"]) if img.get("filepath") else img["filename"]
+        image_id = SAFE.sub("_", str(img.get("cocoid", img.get("imgid", pair_id(image_path)))))
+        for index, sentence in enumerate(img.get("sentences", [])):
+            yield image_record(dataset, image_id, image_path, sentence["raw"], index)
 
 
 def table_rows(path: str, fmt: str) -> Iterator[dict]:
@@ -133,13 +154,15 @@ def clotho_records(path: str) -> Iterator[dict]:
 
 
 def records(path: str, fmt: str, image_key: str = "image", caption_key: str = "caption",
-            audio_name: str = "{youtube_id}_{start_time}.wav") -> Iterable[dict]:
+            audio_name: str = "{youtube_id}_{start_time}.wav", split: str = "train") -> Iterable[dict]:
     if fmt not in FORMATS:
         raise PairsError(f"--format must be one of {', '.join(FORMATS)}")
     if not os.path.isfile(path):
         raise PairsError(f"{path}: no such file")
     if fmt == "coco":
         return coco_records(path)
+    if fmt == "karpathy":
+        return karpathy_records(path, split)
     if fmt in ("csv", "jsonl"):
         return image_text_records(path, fmt, image_key, caption_key)
     if fmt == "audiocaps":

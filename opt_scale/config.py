@@ -26,7 +26,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        if self.tasks.matching.weight > 0 and self.train.task == "pretrain":
+        if self.tasks.matching.weight > 0 and self.train.task != "vq":
             require(self.train.micro_batch_size >= 3, "train.micro_batch_size",
                     "the 5-way matching task swaps image/audio between samples of a micro-batch and needs "
                     f"at least 3 per micro-batch (got {self.train.micro_batch_size}); raise it or set "

@@ -29,6 +29,7 @@ import argparse
 import sys
 
 from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.tasks.registry import TASKS, task_overrides
 from opt_scale.utils.config_tools import dumps
 
 
@@ -43,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "model.{text,vision,audio,cross,text_decoder,image_decoder,vq}, "
                         "tasks.{mlm,mvm,mam,modality_mask,dtr,dir,matching,contrastive}, data, train. "
                         "Unknown keys are refused. See --print-config for every key and its value")
-    p.add_argument("--task", choices=("pretrain", "vq"), default=None,
-                   help="what to train: pretrain (OPT, all pretext tasks) or vq (the image tokenizer whose codes "
-                        "MVM/DIR predict; writes <out_dir>/vq.safetensors). Shorthand for --set train.task=...")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="what to train: pretrain (OPT, all pretext tasks), vq (the image tokenizer whose codes "
+                        "MVM/DIR predict; writes <out_dir>/vq.safetensors), or fine-tune a pre-trained OPT "
+                        "(train.init_from) for caption (from images), asr (from speech) or retrieval "
+                        "(contrastive + matching): sets train.task and, for fine-tuning, the task weights, "
+                        "before any --set")
     p.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None, metavar="N",
                    help="start N local ranks (torch's elastic launcher, in this process) after checking the "
                         "inputs once; exits with the ranks' meaning: 2 bad input, 75 checkpointed on a signal "
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.overrides for item in group]
     if args.task:
-        overrides.insert(0, f"train.task={args.task}")
+        overrides = [f"train.task={args.task}", *task_overrides(args.task), *overrides]
     if args.nproc_per_node is not None:
         from opt_scale.cli.launch import check_launch
         check_launch(args.nproc_per_node)

@@ -38,6 +38,13 @@ class SampleDraws:
     match_u: np.ndarray            # [2] uniforms choosing the negative image / audio
 
 
+def dtr_memory(drawn: np.ndarray, memory: str) -> np.ndarray:
+    """The text decoder's memory: the pre-training draw, or the fixed one a
+    fine-tuning task asks for (``tasks.dtr.memory``)."""
+    fixed = {"image": (False, True, False), "audio": (False, False, True), "both": (False, True, True)}
+    return drawn if memory == "pretrain" else np.array(fixed[memory])
+
+
 class Collator:
     def __init__(self, model_cfg: ModelConfig, tasks_cfg: TasksConfig, tokenizer: Tokenizer, seed: int):
         self.model_cfg = model_cfg
@@ -71,7 +78,7 @@ class Collator:
             mlm_inputs=inputs, mlm_labels=labels,
             mvm_mask=token_mask(rng("mvm"), patches, patches, t.mvm.prob),
             mam_mask=token_mask(rng("mam"), audio_tokens, audio_tokens, t.mam.prob),
-            dtr_keep=decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob) & present,
+            dtr_keep=dtr_memory(decoder_view_keep(rng("dtr"), TEXT, t.dtr.drop_prob), t.dtr.memory) & present,
             dir_keep=decoder_view_keep(rng("dir"), IMAGE, t.dir.drop_prob) & present,
             match_class=match_class, match_label=match_label, match_keep=match_keep,
             match_u=matching_uniforms(match_rng))

@@ -11,7 +11,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    task: str = "pretrain"           # pretrain | vq (the image tokenizer that MVM/DIR need)
+    task: str = "pretrain"           # pretrain | vq (the image tokenizer MVM/DIR need) | caption | asr | retrieval
+    init_from: str = ""              # fine-tuning: start from these weights (an opt-export, checkpoint or run dir)
     steps: int = 300                 # optimizer steps
     micro_batch_size: int = 8        # samples per rank per forward
     grad_accum: int = 1              # micro-batches per optimizer step
@@ -44,7 +45,8 @@ class TrainConfig:
     inject_nan_at: tuple[int, ...] = ()  # testing aid: poison the loss with NaN at these steps
 
     def validate(self) -> None:
-        require(self.task in ("pretrain", "vq"), "train.task", f"must be pretrain or vq, got {self.task!r}")
+        from opt_scale.tasks.registry import TASKS
+        require(self.task in TASKS, "train.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         require(self.steps > 0, "train.steps", "must be positive")
         require(self.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
         require(self.grad_accum > 0, "train.grad_accum", "must be positive")

@@ -31,11 +31,14 @@ def validate_run_inputs(cfg: RunConfig) -> None:
     Tokenizer(data.tokenizer, key="data.tokenizer")  # loads in milliseconds: a real model with our special pieces
     if data.eval_shards:
         check_shard_spec(data.eval_shards, "data.eval_shards")
-    if cfg.train.task == "pretrain" and cfg.tasks.needs_vq:
+    if cfg.train.task != "vq" and cfg.tasks.needs_vq:
         existing_file(cfg.model.vq.checkpoint, "model.vq.checkpoint",
                       hint="MVM/DIR need the VQ tokenizer: train it with `opt-train --task vq` and pass its "
                            "vq.safetensors, or set tasks.mvm.weight=0 tasks.dir.weight=0")
     _check_resume(cfg.train.resume)
+    if cfg.train.init_from:
+        existing_dir(cfg.train.init_from, "train.init_from",
+                     "give the pre-trained model: an opt-export directory, a checkpoint or a run directory")
     writable_dir(cfg.train.out_dir, "train.out_dir")
 
 

@@ -18,7 +18,7 @@ from opt_scale.data.capacity import require_one_batch_per_slot
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
 from opt_scale.data.sources import resolve_mixture
 from opt_scale.data.tokenizer import Tokenizer
-from opt_scale.tasks.registry import build_task_module, load_frozen_vq
+from opt_scale.tasks.registry import FINETUNE, build_task_module, load_frozen_vq, trains_opt
 from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
 
@@ -27,6 +27,7 @@ from .checkpoint import Checkpointer, ensure_writable, resolve_resume, tag_for
 from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .export import gather_full_state_dict
 from .finite_weights import check_finite_weights
+from .init_from import load_initial_weights
 from .launcher_watch import watch_launcher
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
@@ -146,7 +147,7 @@ class Trainer:
         # Locked for this run, and not another run's (train.resume / train.overwrite): before anything is written.
         self.run_dir_lock = claim_run_dir(cfg.train, self.dist_env.is_main)
         self.out_dir = Path(cfg.train.out_dir)
-        self.pretraining = cfg.train.task == "pretrain"
+        self.pretraining = trains_opt(cfg.train.task)  # the OPT module (pre-training or fine-tuning), not the VQ
         self.tokenizer = Tokenizer(cfg.data.tokenizer)
         fill_vocab(cfg, self.tokenizer)
         self.shards = resolve_mixture(cfg.data.train_shards, cfg.data.train_weights, cfg.data.seed)
@@ -160,7 +161,7 @@ class Trainer:
         resume_point = resolve_resume(self.out_dir / "checkpoints", cfg.train.resume, self.world)
         if resume_point is not None and resume_point.universal:
             self.ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
-        self._build_engine()
+        self._build_engine(resuming=resume_point is not None)
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", self.engine, cfg.train.keep_checkpoints)
         client = self.checkpointer.load(resume_point)
         if resume_point is not None:
@@ -196,10 +197,15 @@ class Trainer:
             for line in self.shards.describe():
                 log.info("data mixture: %s", line)
 
-    def _build_engine(self) -> None:
+    def _build_engine(self, resuming: bool = False) -> None:
         import deepspeed
         torch.manual_seed(self.cfg.train.seed)
         self.model = build_model(self.cfg, self.ds_cfg)
+        if self.cfg.train.init_from and not resuming:
+            load_initial_weights(self.model, self.cfg.train.init_from, self.cfg.data.tokenizer, self.dist_env.rank)
+        elif self.cfg.train.task in FINETUNE and not resuming and self.dist_env.is_main:
+            log.warning("--task %s without train.init_from: fine-tuning a randomly initialised model (a baseline "
+                        "for what pre-training buys)", self.cfg.train.task)
         optimizer = build_optimizer(self.model, self.cfg.train, offloads_optimizer(self.ds_cfg))
         scheduler = build_scheduler(optimizer, self.cfg.train)
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=self.model, optimizer=optimizer,

@@ -29,8 +29,8 @@ def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> 
     if raw["model"]["vq"].get("checkpoint"):
         raw["model"]["vq"]["checkpoint"] = str(d / raw["model"]["vq"]["checkpoint"])
     cfg = from_dict(RunConfig, raw)
-    if cfg.train.task != "pretrain":
-        raise ValueError(f"{d} holds a '{cfg.train.task}' model, not an OPT pre-training export")
+    if cfg.train.task == "vq":
+        raise ValueError(f"{d} holds a VQ tokenizer, not an OPT export")
     from opt_scale.tasks.registry import load_frozen_vq
     net = OPTPretrainer(cfg.model, cfg.tasks, vq=load_frozen_vq(cfg))
     state, _ = load_export_state(d / "model.safetensors")

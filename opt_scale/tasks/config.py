@@ -14,6 +14,7 @@ MATCHING_CLASSES = ("image_audio_swapped", "image_swapped", "audio_swapped",
                     "image_and_audio_swapped_apart", "matched")
 TASK_NAMES = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
 SCHEDULES = ("sum", "sample")
+DTR_MEMORIES = ("pretrain", "image", "audio", "both")
 
 
 @dataclass
@@ -104,9 +105,14 @@ class DTRConfig:
     # teaches little; on the demo (220 steps) image-only captions named the
     # shape right 36% of the time at 0.5 against 25% at 0.3, all else equal.
     drop_prob: float = 0.5
+    # What the memory shows: "pretrain" (the drop_prob draw above), or always
+    # "image" (captioning), "audio" (speech recognition) or "both".
+    memory: str = "pretrain"
 
     def validate(self) -> None:
         require(0 <= self.drop_prob <= 0.5, "tasks.dtr.drop_prob", "must be in [0, 0.5] (two modalities drop)")
+        require(self.memory in DTR_MEMORIES, "tasks.dtr.memory",
+                f"must be one of {', '.join(DTR_MEMORIES)}, got {self.memory!r}")
 
 
 @dataclass

@@ -2,7 +2,16 @@
 
 * ``pretrain`` — OPT with every pretext task (needs the frozen VQ tokenizer
   when MVM or DIR is on);
-* ``vq`` — the VQ image tokenizer that supplies those targets.
+* ``vq`` — the VQ image tokenizer that supplies those targets;
+* ``caption``, ``asr``, ``retrieval`` — fine-tuning a pre-trained OPT
+  (``train.init_from``) on the same engine (ZeRO-3, exact resume,
+  TensorBoard, Slurm): the OPT module with only the tasks that teach the
+  downstream job, set by :data:`FINETUNE` (``opt-train --task NAME`` applies
+  them before the user's ``--set``, which may change any of them):
+  captioning is DTR from the image alone, speech recognition DTR from the
+  audio alone (a narrative's caption is the transcript of its recording),
+  retrieval the contrastive and matching tasks (hard negatives, as the
+  public code's ``finetune_itm``).
 """
 
 from __future__ import annotations
@@ -11,7 +20,26 @@ import torch.nn as nn
 
 from opt_scale.utils.config_tools import ConfigError
 
-TASKS = ("pretrain", "vq")
+TASKS = ("pretrain", "vq", "caption", "asr", "retrieval")
+PRETEXT = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
+FINETUNE: dict[str, dict[str, object]] = {
+    "caption": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "image"},
+    "asr": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "audio"},
+    "retrieval": {"tasks.contrastive.weight": 1, "tasks.matching.weight": 1, "tasks.matching.hard_negatives": True},
+}
+
+
+def trains_opt(task: str) -> bool:
+    """Whether ``task`` trains the OPT module (pre-training or fine-tuning)."""
+    return task != "vq"
+
+
+def task_overrides(task: str) -> list[str]:
+    """``--set`` items of a fine-tuning task: its tasks on, every other pretext task's weight 0."""
+    if task not in FINETUNE:
+        return []
+    settings = {f"tasks.{name}.weight": 0 for name in PRETEXT} | FINETUNE[task]
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
 
 
 def build_task_module(cfg, frozen_vq=None) -> nn.Module:
@@ -20,14 +48,16 @@ def build_task_module(cfg, frozen_vq=None) -> nn.Module:
     if cfg.train.task == "vq":
         from .vq_task import VQTraining
         return VQTraining(cfg.model)
-    if cfg.train.task == "pretrain":
+    if trains_opt(cfg.train.task) and cfg.train.task in TASKS:
         from .pretrainer import OPTPretrainer
         return OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq, seed=cfg.data.seed)
     raise ConfigError(f"config key 'train.task': unknown task {cfg.train.task!r} (known: {', '.join(TASKS)})")
 
 
 def load_frozen_vq(cfg):
-    if cfg.train.task != "pretrain" or not cfg.tasks.needs_vq:
+    """The frozen VQ tokenizer: what MVM/DIR need, and text-to-image generation
+    (loaded whenever it is given, so a fine-tuned model still draws)."""
+    if not trains_opt(cfg.train.task) or not (cfg.tasks.needs_vq or cfg.model.vq.checkpoint):
         return None
     if not cfg.model.vq.checkpoint:
         raise ConfigError("config key 'model.vq.checkpoint' is empty but MVM/DIR need the VQ tokenizer: train it "
