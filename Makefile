@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev demo demo-eval test test-slow clean-demo
+.PHONY: setup setup-dev demo demo-eval demo-finetune test test-slow clean-demo
 
 setup:
 	@scripts/setup_env.sh
@@ -35,3 +35,9 @@ clean-demo:
 # (BLEU-4/CIDEr/WER) and a text-to-image grid -> runs/demo/eval/
 demo-eval: setup
 	@VENV=$(VENV) scripts/demo_eval.sh
+
+# Optional, after `make demo`: fine-tune the demo model for captioning (from
+# images) and speech recognition (from audio), each scored against the
+# pre-trained model on the held-out samples -> runs/demo/finetune/
+demo-finetune: setup
+	@VENV=$(VENV) scripts/demo_finetune.sh

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from opt_scale.utils.cli_errors import UsageError, reports_usage_errors
+from opt_scale.utils.cli_errors import UsageError, add_version_flag, reports_usage_errors
 from opt_scale.utils.config_tools import ConfigError
 from opt_scale.utils.input_paths import existing_file, writable_dir
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pairs import FORMATS
     p = argparse.ArgumentParser(prog="opt-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = _sub(sub, "demo-data", "write a small learnable data set in the Localized Narratives layout", _demo_data)

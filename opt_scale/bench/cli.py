@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import sys
 
-from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.utils.cli_errors import add_version_flag, reports_usage_errors
 
 from .machine import describe
 from .report import write_json
@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opt-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

@@ -38,7 +38,7 @@ def add_probe_arguments(p: argparse.ArgumentParser, steps: int, warmup: int) -> 
     p.add_argument("--profile", action="store_true",
                    help="also cProfile each engine's timed steps on rank 0 and print the top functions "
                         "(profiling slows the steps: use it to attribute time, not to measure it)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.micro_batch_size=16 data.num_workers=2")
 
 

@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout of every tower and decoder (the demo's 0; the presets' is the paper's 0.1)")
     p.add_argument("--eval-samples", type=int, default=0, help="held-out samples evaluated (0: all)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the run")
 
 

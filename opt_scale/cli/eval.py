@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from opt_scale.utils.cli_errors import UsageError, reports_usage_errors
+from opt_scale.utils.cli_errors import UsageError, add_version_flag, reports_usage_errors
 
 
 def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
@@ -47,6 +47,7 @@ def _cuda() -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opt-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("retrieval", help="recall@1/5/10 for every direction among text, image and audio",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -14,13 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.utils.cli_errors import add_version_flag, reports_usage_errors
 
 
 @reports_usage_errors("opt-export")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="opt-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="a checkpoint directory (…/checkpoints/step_00000300) or a run directory "
                         "(its newest complete checkpoint is used)")

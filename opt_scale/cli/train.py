@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from opt_scale.utils.cli_errors import reports_usage_errors
+from opt_scale.utils.cli_errors import add_version_flag, reports_usage_errors
 from opt_scale.tasks.registry import TASKS, task_overrides
 from opt_scale.utils.config_tools import dumps
 
@@ -36,6 +36,7 @@ from opt_scale.utils.config_tools import dumps
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opt-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     p.add_argument("--config", default="tiny",
                    help="preset name (tiny, small, base, large, xl) or a config.json written by an earlier run "
                         "(default: tiny)")

@@ -69,3 +69,9 @@ def _leave_process_group() -> None:
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def add_version_flag(parser) -> None:
+    """``--version``: the package version, as every command prints it."""
+    from opt_scale import __version__
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
