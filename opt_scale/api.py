@@ -139,7 +139,7 @@ class OPT:
 
     def logit_scale(self) -> float:
         """The learned contrastive temperature's inverse (similarities x this = logits)."""
-        return float(self.net.contrastive.logit_scale())
+        return float(self.net.contrastive.logit_scale().detach())
 
     # -- generation ----------------------------------------------------------
 

@@ -3,6 +3,8 @@ once per test session from data the project generates itself."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -42,6 +44,49 @@ def demo_shards(demo_raw, tmp_path_factory) -> Path:
                        audio_root=str(demo_raw / "recordings"), out_dir=str(out), prefix="demo",
                        samples_per_shard=16, image_short_side=96))
     return out
+
+
+@pytest.fixture(scope="session")
+def mixed_shards(demo_raw, tmp_path_factory) -> Path:
+    """Narratives, image-text pairs (a COCO captions JSON and an open_clip-style
+    CSV) and audio-text pairs (a Clotho CSV) made from the demo data with
+    `opt-shards pairs`, built into one shard set (mix-index.json, 102 samples)."""
+    tmp = tmp_path_factory.mktemp("pairs")
+    ann, coco, clotho, table = pair_corpora(demo_raw, tmp)
+    for src, fmt, extra in ((coco, "coco", []), (clotho, "clotho", []),
+                            (table, "csv", ["--image-key", "filepath", "--caption-key", "title"])):
+        proc = run_cli(["opt-shards", "pairs", str(src), "--format", fmt, "--out", str(tmp / f"{fmt}.jsonl"), *extra])
+        assert f"{fmt} pairs" in proc.stdout
+    shards = tmp / "shards"
+    run_cli(["opt-shards", "build", "--annotations", str(ann), *(str(tmp / f"{f}.jsonl") for f in ("coco", "clotho", "csv")),
+             "--images", str(demo_raw / "images"), "--audio", str(demo_raw / "recordings"), "--out", str(shards),
+             "--prefix", "mix", "--samples-per-shard", "32", "--image-short-side", "96", "--no-progress"], timeout=300)
+    return shards
+
+
+def pair_corpora(demo_raw, tmp_path) -> tuple:
+    """The demo narratives' images and recordings, captioned as other corpora would be."""
+    (ann,) = (demo_raw / "annotations").glob("*.jsonl")
+    lines = [json.loads(line) for line in ann.read_text().splitlines()]
+    coco = {"images": [{"id": 1000 + i, "file_name": f"{r['image_id']}.jpg"} for i, r in enumerate(lines[:12])],
+            "annotations": [{"id": k, "image_id": 1000 + i, "caption": f"{r['caption']} {extra}"}
+                            for k, (i, r, extra) in enumerate((i, r, extra) for i, r in enumerate(lines[:12])
+                                                              for extra in ("", "Seen again."))]}
+    coco_path = tmp_path / "captions_train.json"
+    coco_path.write_text(json.dumps(coco))
+    clotho_path = tmp_path / "clotho_captions.csv"
+    with clotho_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "caption_1", "caption_2"])
+        for r in lines[12:24]:
+            w.writerow([r["voice_recording"], r["caption"], r["caption"].lower()])
+    csv_path = tmp_path / "pairs.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filepath", "title"])
+        for r in lines[24:30]:
+            w.writerow([f"{r['image_id']}.jpg", r["caption"]])
+    return ann, coco_path, clotho_path, csv_path
 
 
 @pytest.fixture(scope="session")

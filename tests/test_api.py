@@ -120,3 +120,18 @@ def test_load_takes_a_run_directory(trained_run, export):
     from_run, from_export = opt_scale.load(trained_run), opt_scale.load(export)
     text = ["a small red circle"]
     assert torch.allclose(from_run.encode_text(text), from_export.encode_text(text), atol=1e-6)
+
+
+def test_the_readme_example_runs(export, sample_files):
+    """The README's "From Python" block, as written, on a tiny trained model and real files."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### From Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    row = sample_files[0]
+    code = (block.replace('"runs/demo/eval/export"', repr(str(export)))
+                 .replace('"photo.jpg"', repr(str(row["image"]))).replace('"voice.ogg"', repr(str(row["audio"]))))
+    assert code != block and "opt_scale.load" in code
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["t"].shape == scope["i"].shape == scope["a"].shape

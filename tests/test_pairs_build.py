@@ -3,56 +3,20 @@ captions JSON, CSV, Clotho CSV) -> `opt-shards build` together with
 narratives -> `verify` -> two ranks of ZeRO-3 training on batches that mix
 triplets and pairs."""
 
-import csv
 import json
 
 from .conftest import run_cli, torchrun_args
 
 
-def corpora(demo_raw, tmp_path) -> tuple:
-    """The demo narratives' images and recordings, captioned as other corpora would be."""
-    (ann,) = (demo_raw / "annotations").glob("*.jsonl")
-    lines = [json.loads(line) for line in ann.read_text().splitlines()]
-    coco = {"images": [{"id": 1000 + i, "file_name": f"{r['image_id']}.jpg"} for i, r in enumerate(lines[:12])],
-            "annotations": [{"id": k, "image_id": 1000 + i, "caption": f"{r['caption']} {extra}"}
-                            for k, (i, r, extra) in enumerate((i, r, extra) for i, r in enumerate(lines[:12])
-                                                              for extra in ("", "Seen again."))]}
-    coco_path = tmp_path / "captions_train.json"
-    coco_path.write_text(json.dumps(coco))
-    clotho_path = tmp_path / "clotho_captions.csv"
-    with clotho_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file_name", "caption_1", "caption_2"])
-        for r in lines[12:24]:
-            w.writerow([r["voice_recording"], r["caption"], r["caption"].lower()])
-    csv_path = tmp_path / "pairs.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filepath", "title"])
-        for r in lines[24:30]:
-            w.writerow([f"{r['image_id']}.jpg", r["caption"]])
-    return ann, coco_path, clotho_path, csv_path
-
-
-def test_pairs_build_verify_and_train_on_two_ranks(demo_raw, demo_shards, demo_tokenizer, demo_vq, tmp_path):
-    ann, coco, clotho, table = corpora(demo_raw, tmp_path)
-    for src, fmt, extra in ((coco, "coco", []), (clotho, "clotho", []),
-                            (table, "csv", ["--image-key", "filepath", "--caption-key", "title"])):
-        proc = run_cli(["opt-shards", "pairs", str(src), "--format", fmt, "--out", str(tmp_path / f"{fmt}.jsonl"),
-                        *extra])
-        assert f"{fmt} pairs" in proc.stdout
-    coco_lines = [json.loads(x) for x in (tmp_path / "coco.jsonl").read_text().splitlines()]
+def test_pairs_build_verify_and_train_on_two_ranks(mixed_shards, demo_shards, demo_tokenizer, demo_vq, tmp_path):
+    pairs = mixed_shards.parent
+    coco_lines = [json.loads(x) for x in (pairs / "coco.jsonl").read_text().splitlines()]
     assert len(coco_lines) == 24 and all(x["voice_recording"] is None for x in coco_lines)
     assert len({(x["image_id"], x["annotator_id"]) for x in coco_lines}) == 24  # two captions per image, both kept
-    clotho_lines = [json.loads(x) for x in (tmp_path / "clotho.jsonl").read_text().splitlines()]
+    clotho_lines = [json.loads(x) for x in (pairs / "clotho.jsonl").read_text().splitlines()]
     assert len(clotho_lines) == 24 and all(x["has_image"] is False for x in clotho_lines)
 
-    shards = tmp_path / "shards"
-    run_cli(["opt-shards", "build", "--annotations", str(ann), *(str(tmp_path / f"{f}.jsonl")
-                                                               for f in ("coco", "clotho", "csv")),
-             "--images", str(demo_raw / "images"), "--audio", str(demo_raw / "recordings"), "--out", str(shards),
-             "--prefix", "mix", "--samples-per-shard", "32", "--image-short-side", "96", "--no-progress"],
-            timeout=300)
+    shards = mixed_shards
     stats = [json.loads(p.read_text()) for p in shards.glob("mix-*.stats.json")]
     assert sum(s["nsamples"] for s in stats) == 48 + 24 + 24 + 6 and sum(s["nfailed"] for s in stats) == 0
     run_cli(["opt-shards", "verify", str(shards / "mix-index.json")], timeout=300)
@@ -89,3 +53,25 @@ def test_pairs_refuses_bad_input_in_one_line(tmp_path):
     proc = run_cli(["opt-shards", "pairs", str(table), "--format", "csv", "--out", str(tmp_path / "y.jsonl")],
                    check=False)
     assert proc.returncode == 2 and "no column 'image'" in proc.stderr
+
+
+def test_audiocaps_csv_becomes_audio_text_pairs(tmp_path):
+    """AudioCaps' own columns; every caption of a clip shares its id, the file name follows --audio-name."""
+    table = tmp_path / "train.csv"
+    table.write_text("audiocap_id,youtube_id,start_time,caption\n"
+                     "91139,r1nicOVtvkQ,130,A woman talks nearby as water pours\n"
+                     "58146,UDGBjjwyaqE,20,Multiple clanging and clanking sounds\n"
+                     "11542,r1nicOVtvkQ,130,Water pours while a woman speaks\n")
+    out = tmp_path / "ac.jsonl"
+    run_cli(["opt-shards", "pairs", str(table), "--format", "audiocaps", "--out", str(out)])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["voice_recording"] for x in lines] == ["r1nicOVtvkQ_130.wav", "UDGBjjwyaqE_20.wav", "r1nicOVtvkQ_130.wav"]
+    assert all(x["has_image"] is False and x["dataset_id"] == "audiocaps" for x in lines)
+    assert lines[0]["image_id"] == lines[2]["image_id"] != lines[1]["image_id"]
+    assert [x["annotator_id"] for x in lines] == [0, 0, 1]
+    run_cli(["opt-shards", "pairs", str(table), "--format", "audiocaps", "--audio-name", "{audiocap_id}.flac",
+             "--out", str(out)])
+    assert json.loads(out.read_text().splitlines()[1])["voice_recording"] == "58146.flac"
+    proc = run_cli(["opt-shards", "pairs", str(table), "--format", "audiocaps", "--audio-name", "{ytid}.wav",
+                    "--out", str(out)], check=False)
+    assert proc.returncode == 2 and "names column 'ytid'" in proc.stderr

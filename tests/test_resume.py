@@ -55,8 +55,14 @@ def kill9_job(proc) -> None:
 
 
 @pytest.mark.distributed
-def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("data", ["narratives", "mixture"])
+def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_path, data, request):
     steps = ["train.steps=9", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
+    if data == "mixture":  # narratives 2 : 1 pairs (image-text and audio-text), weighted, over two shard sets
+        mixed = request.getfixturevalue("mixed_shards")
+        narratives = next(o for o in tiny_overrides if o.startswith("data.train_shards=")).split("=", 1)[1]
+        tiny_overrides = [o for o in tiny_overrides if not o.startswith("data.train_shards=")] + [
+            f"data.train_shards={narratives},{mixed / 'mix-index.json'}", "data.train_weights=2,1"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides(tiny_overrides, ref, *steps)], timeout=600)
 
@@ -96,9 +102,12 @@ def test_kill9_and_resume_reproduces_the_uninterrupted_run(tiny_overrides, tmp_p
         list(range(1, 10))
     want_keys, got_keys = samples_by_step(ref, 2), samples_by_step(cut, 2)
     assert got_keys == want_keys
-    # 48 samples / (2 ranks x 1 worker x 4) = 6 steps per epoch: each sample exactly once.
-    epoch0 = [k for s in range(1, 7) for rank_keys in got_keys[s] for k in rank_keys]
-    assert len(epoch0) == len(set(epoch0)) == 48
+    if data == "narratives":
+        # 48 samples / (2 ranks x 1 worker x 4) = 6 steps per epoch: each sample exactly once.
+        epoch0 = [k for s in range(1, 7) for rank_keys in got_keys[s] for k in rank_keys]
+        assert len(epoch0) == len(set(epoch0)) == 48
+    else:  # the resumed run read the weighted mixture (and said so)
+        assert resumed.stdout.count("data mixture:") == 2, resumed.stdout[-3000:]
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_overrides, tmp_path):

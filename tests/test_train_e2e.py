@@ -70,3 +70,30 @@ def test_pretraining_without_a_vq_checkpoint_is_refused_by_name(demo_shards, dem
     proc = run_cli(["opt-train", "--config", "tiny", "--set", f"data.train_shards={demo_shards / 'demo-index.json'}",
                     f"data.tokenizer={demo_tokenizer}", f"train.out_dir={tmp_path}"], check=False, timeout=120)
     assert proc.returncode == 2 and "model.vq.checkpoint" in proc.stderr
+
+
+def test_a_run_records_what_produced_it_and_points_latest_at_its_newest_checkpoint(trained_run):
+    """run_info.jsonl (command, commit, packages, hosts, world size) and the TensorBoard texts;
+    checkpoints/latest for DeepSpeed's own zero_to_fp32.py, which then needs no --tag."""
+    import subprocess
+    import sys
+    (info,) = [json.loads(x) for x in (trained_run / "run_info.jsonl").read_text().splitlines()]
+    assert info["world_size"] == 2 and len(info["hosts"]) == 2 and info["start_step"] == 0
+    assert info["packages"]["torch"] and info["packages"]["deepspeed"] and info["packages"]["opt-scale"]
+    assert any("train.steps=4" in a for a in info["argv"]) and "commit" in info["git"]
+    acc = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert {"run/info/text_summary", "run/config/text_summary"} <= set(acc.Tags()["tensors"])
+    ckpts = trained_run / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_00000004"
+    out = trained_run.parent / "zero_to_fp32_out"
+    proc = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(out.iterdir()) if out.is_dir() else out.is_file()
+
+
+def test_opt_train_takes_the_deepspeed_launchers_local_rank_flag():
+    for flag in ("--local_rank=1", "--local-rank=0"):
+        proc = run_cli(["opt-train", flag, "--config", "tiny", "--print-config"])
+        assert '"task": "pretrain"' in proc.stdout

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start N local ranks (torch's elastic launcher, in this process) after checking the "
                         "inputs once; exits with the ranks' meaning: 2 bad input, 75 checkpointed on a signal "
                         "(see opt_scale/cli/launch.py), where torchrun would report 1 and a traceback")
+    # The `deepspeed` launcher passes --local_rank to every process; the rank
+    # itself comes from the environment it also sets (LOCAL_RANK, RANK, WORLD_SIZE).
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, metavar="N",
+                   help="accepted for the deepspeed launcher (the rank is read from LOCAL_RANK/RANK/WORLD_SIZE)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--print-model", action="store_true",
                    help="print parameters and FLOPs per sample for each part of the model (analytic; nothing is "

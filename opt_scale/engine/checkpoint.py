@@ -10,6 +10,9 @@ so a damaged newest checkpoint makes all of them fall back to the previous
 one together, instead of one rank failing inside a collective and hanging
 the rest.
 
+``latest`` names the newest complete checkpoint for DeepSpeed's own tools
+(``zero_to_fp32.py`` without ``--tag``); it is written after the marker.
+
 Only the files named in the marker matter: a stray file next to them (an NFS
 ``.nfs*`` silly-rename, an editor's backup) does not make a complete
 checkpoint damaged. A save that fails (disk full, directory not writable)
@@ -113,6 +116,25 @@ def damaged_files(tag_dir: Path) -> list[str]:
     except (OSError, ValueError, KeyError) as exc:
         return [f"{tag_dir / MARKER} is unreadable ({type(exc).__name__}: {exc})"]
     return [why for name, want in sorted(expected.items()) if (why := file_problem(tag_dir, name, want))]
+
+
+def point_latest(root: Path) -> None:
+    """``<root>/latest``: the newest complete checkpoint's tag, as DeepSpeed
+    writes it (so its ``zero_to_fp32.py`` and ``load_checkpoint`` find it
+    without a tag). Written only once that checkpoint's marker is, and
+    atomically: it never names a partial write. Our own resume reads the
+    markers, never this file."""
+    newest = complete_checkpoints(root)
+    tmp = root / f"latest.tmp-{os.getpid()}"
+    try:
+        if newest:
+            tmp.write_text(newest[0].name)
+            os.replace(tmp, root / "latest")
+        else:
+            (root / "latest").unlink(missing_ok=True)
+    except OSError as exc:  # a convenience for other tools: never worth stopping a run
+        log.warning("could not update %s: %s", root / "latest", _describe(exc))
+        tmp.unlink(missing_ok=True)
 
 
 def _write_marker(tag_dir: Path, marker: dict) -> None:
@@ -227,6 +249,7 @@ class Checkpointer:
             else:
                 log.info("checkpoint %s written in %.1fs", tag_dir, time.time() - started)
                 self._rotate()
+                point_latest(self.root)
         errors = from_rank0(errors)
         if errors:
             previous = [p for p in complete_checkpoints(self.root) if p.name < tag]
@@ -267,6 +290,8 @@ class Checkpointer:
                     os.replace(p, dest / p.name)
                 log.warning("resumed from step %d: moved the %d newer checkpoint directories to %s", step,
                             len(complete), dest)
+            if partial or complete:
+                point_latest(self.root)
         if dist.is_initialized():
             dist.barrier()
 

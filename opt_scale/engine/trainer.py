@@ -28,6 +28,7 @@ from .ds_config import build_ds_config, offloads_optimizer, zero_stage
 from .export import gather_full_state_dict
 from .finite_weights import check_finite_weights
 from .init_from import load_initial_weights
+from .provenance import launch_record, record_launch
 from .launcher_watch import watch_launcher
 from .metrics import RunLogger, Window, peak_memory_bytes
 from .optim import build_optimizer, build_scheduler
@@ -174,6 +175,9 @@ class Trainer:
                                   self.world, cfg.train.micro_batch_size, cursor=cursor,
                                   pin_memory=self.device.type == "cuda")
         self.logger = RunLogger(str(self.out_dir / "tensorboard"), self.dist_env.is_main, cfg.train.steps)
+        launch = launch_record(self.world, self.dist_env.launcher, self.state.step)  # collective: every rank's host
+        if self.dist_env.is_main:
+            record_launch(self.out_dir, launch, self.logger.writer, to_dict(cfg))
         self.evaluator = PeriodicEvaluator(cfg, self.engine, self.model.vq if self.pretraining else None,
                                            self.tokenizer, self.logger.writer, self.dist_env.is_main)
         self.sample_log = (open_sample_log(self.out_dir, self.dist_env.rank, self.world, self.state.step)
