@@ -97,7 +97,8 @@ def read_image(roots: tuple[str, ...], image_id: str) -> tuple[str, bytes]:
                 continue
             except OSError as exc:
                 raise RecordError("missing_image", f"cannot read {name}: {exc.strerror}") from None
-    raise RecordError("missing_image", f"no {image_id}.jpg/.jpeg/.png under {', '.join(roots) or '(no --images given)'}")
+    where = ", ".join(roots) or "(no --images given)"
+    raise RecordError("missing_image", f"no {image_id}.jpg/.jpeg/.png under {where}")
 
 
 def read_image_path(roots: tuple[str, ...], image_path: str) -> tuple[str, bytes]:

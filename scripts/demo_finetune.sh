@@ -2,9 +2,10 @@
 # After `make demo`: fine-tune the demo's pre-trained OPT-tiny for two
 # downstream tasks on the same engine (2 CPU ranks, ZeRO-3), each from the
 # pre-trained weights (train.init_from), and score it against the pre-trained
-# model on the held-out samples with opt-eval caption:
-#   caption - captions from the image alone (BLEU-4, CIDEr, attributes named)
-#   asr     - transcripts from the speech alone (WER)
+# model on the held-out samples:
+#   caption   - captions from the image alone (opt-eval caption: BLEU-4, CIDEr, attributes named)
+#   asr       - transcripts from the speech alone (opt-eval caption: WER)
+#   retrieval - contrastive + matching with hard negatives (opt-eval retrieval: R@1, both protocols)
 # Knobs: DEMO_DIR (runs/demo), DEMO_FT_STEPS (100), DEMO_RANKS (2).
 set -euo pipefail
 source "$(dirname "$0")/demo_env.sh"
@@ -15,18 +16,24 @@ mapfile -t assets < <(python -m opt_scale.demo overrides --dir "$DEMO_DIR")
 heldout="$DEMO_DIR/shards/demo-heldout-index.json"
 out="$DEMO_DIR/finetune"
 mkdir -p "$out"
-[ -f "$out/pretrained.json" ] || {
+[ -f "$out/pretrained-retrieval.json" ] || {
     opt-export "$DEMO_DIR/train" --out "$out/pretrained-export"
     opt-eval caption --checkpoint "$out/pretrained-export" --shards "$heldout" --beam 3 --json "$out/pretrained.json"
+    opt-eval retrieval --checkpoint "$out/pretrained-export" --shards "$heldout" \
+        --json "$out/pretrained-retrieval.json"
 }
-for task in caption asr; do
+for task in caption asr retrieval; do
     echo "== fine-tuning for $task: $DEMO_FT_STEPS steps from $DEMO_DIR/train"
     opt-train --nproc-per-node "$DEMO_RANKS" --task "$task" --config tiny --set "${assets[@]}" \
         train.init_from="$DEMO_DIR/train" train.steps="$DEMO_FT_STEPS" train.lr=3e-4 train.warmup_steps=10 \
         train.out_dir="$out/$task" train.overwrite=true train.log_every=20 train.checkpoint_every=0 \
         data.num_workers=1
     opt-export "$out/$task" --out "$out/$task-export"
-    opt-eval caption --checkpoint "$out/$task-export" --shards "$heldout" --beam 3 --json "$out/$task.json"
+    if [ "$task" = retrieval ]; then
+        opt-eval retrieval --checkpoint "$out/$task-export" --shards "$heldout" --json "$out/$task-retrieval.json"
+    else
+        opt-eval caption --checkpoint "$out/$task-export" --shards "$heldout" --beam 3 --json "$out/$task.json"
+    fi
 done
 python - "$out" <<'PY'
 import json, sys
@@ -41,4 +48,9 @@ for name, r in runs.items():
 blind = runs["pretrained"]["attributes"]["image"]["attributes"]
 print(f"{'chance':<12}{'':>14}{'':>13}{blind['colour']['chance']:>8.2f}{blind['shape']['chance']:>7.2f}"
       f"{blind['position']['chance']:>10.2f}")
+pre, ft = (json.load(open(f"{out}/{n}-retrieval.json")) for n in ("pretrained", "retrieval"))
+print(f"\nretrieval R@1 (%), embedding ranking; chance {pre['chance']['R@1']:.1f}")
+print(f"{'direction':<20}{'pretrained':>12}{'fine-tuned':>12}")
+for d, r in pre["by_protocol"]["embedding"].items():
+    print(f"{d:<20}{r['R@1']:>12.1f}{ft['by_protocol']['embedding'][d]['R@1']:>12.1f}")
 PY

@@ -58,7 +58,8 @@ def mixed_shards(demo_raw, tmp_path_factory) -> Path:
         proc = run_cli(["opt-shards", "pairs", str(src), "--format", fmt, "--out", str(tmp / f"{fmt}.jsonl"), *extra])
         assert f"{fmt} pairs" in proc.stdout
     shards = tmp / "shards"
-    run_cli(["opt-shards", "build", "--annotations", str(ann), *(str(tmp / f"{f}.jsonl") for f in ("coco", "clotho", "csv")),
+    pairs = [str(tmp / f"{f}.jsonl") for f in ("coco", "clotho", "csv")]
+    run_cli(["opt-shards", "build", "--annotations", str(ann), *pairs,
              "--images", str(demo_raw / "images"), "--audio", str(demo_raw / "recordings"), "--out", str(shards),
              "--prefix", "mix", "--samples-per-shard", "32", "--image-short-side", "96", "--no-progress"], timeout=300)
     return shards

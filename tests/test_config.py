@@ -122,3 +122,25 @@ def test_opt_train_refuses_a_deepspeed_typo_in_one_line(tiny_overrides, tmp_path
                    check=False, timeout=300)
     assert proc.returncode == 2
     assert f"opt-train: error: {path}: unknown DeepSpeed key 'zero_optimisation'" in proc.stderr
+
+
+def test_describe_lists_every_key_with_its_value_and_meaning():
+    """`opt-train --describe`: read from the comments beside the config fields, one row per key."""
+    from opt_scale.config import load_config
+    from opt_scale.utils.config_docs import describe_keys
+    from opt_scale.utils.config_tools import to_dict
+
+    cfg = load_config("tiny", ["train.lr=5e-4"])
+    rows = {r["key"]: r for r in describe_keys(cfg)}
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    assert set(rows) == set(leaves(to_dict(cfg)))
+    assert all(r["meaning"] for r in rows.values()), [k for k, r in rows.items() if not r["meaning"]]
+    assert rows["train.lr"]["value"] == 5e-4 and rows["train.lr"]["meaning"] == "peak learning rate (AdamW)"
+    assert rows["data.train_weights"]["type"] == "tuple[float, ...]" and "mixture" in rows["data.train_weights"]["meaning"]
+    assert "hidden must divide" in rows["model.cross.heads"]["meaning"]  # inherited fields find their comment
+    from .conftest import run_cli
+    out = run_cli(["opt-train", "--describe", "--config", "tiny"]).stdout
+    assert len(out.splitlines()) == len(rows) and out.splitlines()[0].startswith("model.text.layers")

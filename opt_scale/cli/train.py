@@ -26,6 +26,7 @@ any of them but 0, with a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from opt_scale.utils.cli_errors import add_version_flag, reports_usage_errors
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     # itself comes from the environment it also sets (LOCAL_RANK, RANK, WORLD_SIZE).
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, metavar="N",
                    help="accepted for the deepspeed launcher (the rank is read from LOCAL_RANK/RANK/WORLD_SIZE)")
+    p.add_argument("--describe", action="store_true",
+                   help="list every config key with its type, value (after --config and --set) and meaning, "
+                        "and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--print-model", action="store_true",
                    help="print parameters and FLOPs per sample for each part of the model (analytic; nothing is "
@@ -79,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     if args.print_config:
         print(dumps(cfg))
+        return 0
+    if args.describe:
+        from opt_scale.utils.config_docs import describe_keys
+        rows = describe_keys(cfg)
+        width = max(len(r["key"]) for r in rows)
+        for r in rows:
+            print(f"{r['key']:<{width}}  {r['type']:<17} {json.dumps(r['value']):<24} {r['meaning']}")
         return 0
     if args.print_model:
         from opt_scale.bench.report import print_table

@@ -64,7 +64,8 @@ class SampleDecoder:
             audio_ext = next((e for e in AUDIO_EXTENSIONS if e in raw), None)
             has_image = "jpg" in raw
             if not has_image and audio_ext is None:
-                raise SampleError(f"sample {key!r} has neither an image (jpg) nor audio ({', '.join(AUDIO_EXTENSIONS)})")
+                raise SampleError(f"sample {key!r} has neither an image (jpg) nor audio "
+                                  f"({', '.join(AUDIO_EXTENSIONS)})")
             size = self.image_size
             return DecodedSample(
                 key=key,

@@ -15,10 +15,10 @@ from opt_scale.utils.config_tools import require
 
 @dataclass
 class TransformerShape:
-    layers: int = 2
-    hidden: int = 128
-    heads: int = 4
-    ffn: int = 512
+    layers: int = 2              # transformer blocks
+    hidden: int = 128            # model width
+    heads: int = 4               # attention heads (hidden must divide by it)
+    ffn: int = 512               # feed-forward width
     dropout: float = 0.1         # the public OPT code: 0.1 in the encoders (0.2 in the decoders, below)
 
     def check(self, key: str) -> None:
@@ -34,7 +34,7 @@ class TextConfig(TransformerShape):
     """Text tower. ``layers=0`` is the paper's text encoder: word piece +
     position + modality embeddings and a LayerNorm, no transformer layers (the
     cross-modal encoder does all the contextualising)."""
-    kind: str = "bert"
+    kind: str = "bert"           # implementation in opt_scale/model/registry.py (bert: the text tower)
     vocab_size: int = 0          # 0: taken from the tokenizer when the model is built
     max_len: int = 40            # tokens including [bos] and [eos]
 
@@ -49,9 +49,9 @@ QUANTIZERS = ("fsq", "ema")
 
 @dataclass
 class VisionConfig(TransformerShape):
-    kind: str = "vit"
-    image_size: int = 64
-    patch_size: int = 8
+    kind: str = "vit"            # implementation (vit: patch tokens, no detector)
+    image_size: int = 64         # pixels of the square input
+    patch_size: int = 8          # pixels per patch token (a power of two for the conv stem)
     # How pixels become patch tokens. "linear": ViT's patchify (one linear map
     # per patch). "conv": log2(patch_size) 3x3 stride-2 convolutions (Xiao et
     # al. 2021, "Early convolutions help transformers see better"): edge and
@@ -74,10 +74,10 @@ class VisionConfig(TransformerShape):
 
 @dataclass
 class AudioConfig(TransformerShape):
-    kind: str = "logmel_conv"
-    n_mels: int = 80
+    kind: str = "logmel_conv"    # implementation (logmel_conv: stride-2 convs over log-mel frames)
+    n_mels: int = 80             # log-mel bands
     max_seconds: float = 6.0     # longer recordings are cropped in the loader
-    conv_channels: int = 128
+    conv_channels: int = 128     # channels of the convolutional subsampler
     conv_layers: int = 2         # each a stride-2 conv: 10 ms frames -> 40 ms tokens
 
     @property
@@ -98,7 +98,7 @@ class AudioConfig(TransformerShape):
 
 @dataclass
 class CrossConfig(TransformerShape):
-    kind: str = "prenorm"
+    kind: str = "prenorm"        # implementation (prenorm transformer)
     # A max-pooled token per modality after [CLS] (see cross_encoder.py). Off:
     # on the demo (220 steps) it changed neither retrieval, matching nor
     # caption accuracy measurably.
@@ -109,9 +109,9 @@ class CrossConfig(TransformerShape):
 class TextDecoderConfig(TransformerShape):
     """Caption decoder: causal self-attention + cross-attention to the
     cross-modal encoding; input and output embeddings tied."""
-    kind: str = "transformer"
+    kind: str = "transformer"    # implementation (transformer decoder with cross-attention)
     dropout: float = 0.2         # the public OPT code's decoders
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1 # label smoothing of the caption loss (DTR)
 
     def validate(self) -> None:
         self.check("model.text_decoder")
@@ -121,7 +121,7 @@ class TextDecoderConfig(TransformerShape):
 @dataclass
 class ImageDecoderConfig(TransformerShape):
     """Autoregressive decoder over the VQ codes of an image."""
-    kind: str = "transformer"
+    kind: str = "transformer"    # implementation (transformer decoder)
     dropout: float = 0.2         # the public OPT code's decoders
 
     def validate(self) -> None:
@@ -144,7 +144,7 @@ class VQConfig:
     code_dim: int = 32             # ema: l2-normalised codes (cosine lookup keeps the codebook in use)
     channels: int = 64             # conv width at the code grid (halved per level above it)
     image_size: int = 0            # resolution the VQ sees and draws; 0: model.vision.image_size
-    res_blocks: int = 1
+    res_blocks: int = 1          # residual blocks per resolution of the VQ encoder and decoder
     commitment: float = 0.25       # ema only
     ema_decay: float = 0.99        # ema only
     checkpoint: str = ""           # vq.safetensors from `opt-train --task vq` (needed by MVM/DIR/generation)

@@ -19,10 +19,10 @@ DTR_MEMORIES = ("pretrain", "image", "audio", "both")
 
 @dataclass
 class MLMConfig:
-    weight: float = 1.0
+    weight: float = 1.0          # loss weight (sum schedule) or draw weight (sample schedule); 0: off
     prob: float = 0.15           # share of text tokens masked
     replace_mask: float = 0.8    # BERT 80/10/10: [mask] / random token / unchanged
-    replace_random: float = 0.1
+    replace_random: float = 0.1  # share of the chosen tokens replaced by a random ordinary piece
 
     def validate(self) -> None:
         require(0 < self.prob < 1, "tasks.mlm.prob", "must be in (0, 1)")
@@ -40,7 +40,7 @@ class ModalityMaskConfig:
 
 @dataclass
 class MatchingConfig:
-    weight: float = 1.0
+    weight: float = 1.0          # loss weight of the 5-way matching head; 0: off
     # Probabilities of the five classes, in the order of MATCHING_CLASSES.
     class_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
     # Share of matching samples shown with one modality left out (label
@@ -66,8 +66,8 @@ class MatchingConfig:
 @dataclass
 class MVMConfig:
     """Masked vision modelling: predict the VQ code of each masked patch."""
-    weight: float = 1.0
-    prob: float = 0.15
+    weight: float = 1.0          # loss weight of masked patch prediction (VQ codes); 0: off
+    prob: float = 0.15           # share of patches masked
     regress_weight: float = 0.0  # optional L2 regression of the masked patches' pixels, added to the MVM loss
                                  # (so tasks.mvm.weight scales it too)
 
@@ -81,8 +81,8 @@ class MVMConfig:
 @dataclass
 class MAMConfig:
     """Masked audio modelling over subsampled log-mel tokens."""
-    weight: float = 1.0
-    prob: float = 0.15
+    weight: float = 1.0          # loss weight of masked audio-token prediction; 0: off
+    prob: float = 0.15           # share of audio tokens masked
     temperature: float = 0.1     # InfoNCE: positive = the true token feature, negatives = other masked tokens
     l2_weight: float = 0.0       # optional L2 regression of the true token feature
 
@@ -99,7 +99,7 @@ class DTRConfig:
     ``drop_prob`` (caption from speech), else the audio with ``drop_prob``
     (caption from the image: the captioning condition), else both shown
     (unmasked; see tasks/pretrainer.py)."""
-    weight: float = 1.0
+    weight: float = 1.0          # loss weight of text reconstruction by the text decoder; 0: off
     # 0.5: half the rows caption from the image alone, half from speech alone.
     # With speech in the memory the decoder transcribes it, and the image
     # teaches little; on the demo (220 steps) image-only captions named the
@@ -120,8 +120,8 @@ class DIRConfig:
     """Image reconstruction: the image decoder predicts the VQ codes from a
     memory with no image in it (text or audio dropped whole with
     ``drop_prob`` each, as for DTR; unlike DTR left at 0.3, not measured)."""
-    weight: float = 1.0
-    drop_prob: float = 0.3
+    weight: float = 1.0          # loss weight of image reconstruction (VQ codes) by the image decoder; 0: off
+    drop_prob: float = 0.3       # probability each of text and audio is dropped whole from its memory
 
     def validate(self) -> None:
         require(0 <= self.drop_prob <= 0.5, "tasks.dir.drop_prob", "must be in [0, 0.5] (two modalities drop)")
@@ -130,8 +130,8 @@ class DIRConfig:
 @dataclass
 class ContrastiveConfig:
     """Alignment of the towers' pooled embeddings (InfoNCE); see tasks/contrastive.py."""
-    weight: float = 1.0
-    dim: int = 128
+    weight: float = 1.0          # loss weight of the pairwise InfoNCE alignment; 0: off
+    dim: int = 128               # embedding width of the projections
     # How a tower's tokens become one vector. "max" (feature-wise over the
     # tokens): an attribute seen anywhere, a shape in one corner or a word
     # among 60 audio tokens, sets its features; supervised probes of the
@@ -143,7 +143,7 @@ class ContrastiveConfig:
     # Each rank scores only its own rows against all columns (open_clip's
     # local_loss): same loss and gradients, 1/world of the logits.
     local_loss: bool = False
-    init_temperature: float = 0.07
+    init_temperature: float = 0.07  # the learnable temperature's start (open_clip: 0.07)
     max_logit_scale: float = 100.0  # 1 / the lowest temperature the learnable scale may reach
 
     def validate(self) -> None:
