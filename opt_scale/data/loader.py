@@ -105,7 +105,8 @@ class TrainLoader:
 
     def batches_per_epoch(self, epoch: int) -> int:
         """Batches each rank yields in ``epoch`` (all workers together)."""
-        plan = EpochPlan(self.shards.for_epoch(epoch), epoch, self.seed, self.layout, self.epoch_intervals.get(epoch))
+        plan = EpochPlan(self.shards.for_epoch(epoch), epoch, self.seed, self.layout,
+                         self.epoch_intervals.get(epoch))
         return plan.batches_per_slot * self.layout.workers_per_rank
 
     def __iter__(self):

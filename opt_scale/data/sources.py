@@ -108,10 +108,12 @@ class ShardMixture:
             return [list(src) for src in self.sources]
         parts = []
         for i, (src, k) in enumerate(zip(self.sources, self.shards_per_epoch)):
-            part = []
+            part, orders = [], {}
             for j in range(epoch * k, (epoch + 1) * k):
                 stream_pass, index = divmod(j, len(src))
-                part.append(src[int(self._pass_order(i, stream_pass, len(src))[index])])
+                if stream_pass not in orders:
+                    orders[stream_pass] = self._pass_order(i, stream_pass, len(src))
+                part.append(src[int(orders[stream_pass][index])])
             parts.append(part)
         return parts
 
