@@ -64,7 +64,9 @@ def encode_set(net: OPTPretrainer, batches, device) -> EncodedSet:
                 out.towers[m].append((tokens[i, :n].half().cpu(), valid[i, :n].cpu()))
         out.keys += b.keys
         out.image_ids += b.image_ids
-    out.embeddings = {m: torch.cat(v) for m, v in embs.items()}
+    # A rank may hold no sample (fewer samples than ranks): an empty share, not an error.
+    dim = net.contrastive.cfg.dim
+    out.embeddings = {m: torch.cat(v) if v else torch.zeros(0, dim) for m, v in embs.items()}
     return out
 
 
