@@ -35,10 +35,30 @@ def test_bleu4_known_values():
     ref = "a small red circle on the left of a gray background"
     assert bleu4([ref], [[ref]]) == pytest.approx(100.0)
     assert bleu4(["completely different words here now"], [[ref]]) == pytest.approx(0.0, abs=1e-6)
-    # Same as sacrebleu on the normalised strings; case and punctuation do not count.
+    # Case and punctuation do not count.
     assert bleu4(["A small red circle on the LEFT of a gray background."], [[ref]]) == pytest.approx(100.0)
     partial = bleu4(["a small red circle on the right of a gray background"], [[ref]])
     assert 40 < partial < 80
+
+
+def test_bleu4_and_cider_equal_the_coco_caption_toolkit():
+    """pycocoevalcap's Bleu(4) and Cider on the same (normalised) words: several references per image
+    (an image with one), a hypothesis longer than its references, one with no n-gram in common."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    refs = [["A small red circle on the left of a gray background.", "a red disc at the left, gray behind it"],
+            ["a large blue square in the middle of a white background"],
+            ["a small green triangle at the top", "green triangle, top of a black background", "a tiny triangle"],
+            ["an orange diamond on the right", "orange diamond at the right of the picture"]]
+    hyps = ["a small red circle on the left of a white background", "a large blue square",
+            "a small green triangle at the top of a black background in this picture", "nothing matches here"]
+    gts = {i: [normalise(r) for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [normalise(h)] for i, h in enumerate(hyps)}
+    theirs_bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    theirs_cider, _ = Cider().compute_score(gts, res)
+    assert bleu4(hyps, refs) == pytest.approx(100 * theirs_bleu[3], rel=1e-9, abs=1e-9)
+    assert cider_d(hyps, refs) == pytest.approx(float(theirs_cider), rel=1e-9, abs=1e-9)
+    assert 0 < bleu4(hyps, refs) < 100 and cider_d(hyps, refs) > 0
 
 
 def test_word_error_rate_known_values():

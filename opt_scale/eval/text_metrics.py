@@ -1,4 +1,5 @@
-"""Caption metrics: BLEU-4 (sacrebleu), CIDEr-D and word error rate.
+"""Caption metrics: BLEU-4 and CIDEr-D as the COCO caption toolkit
+(pycocoevalcap) computes them, and word error rate.
 
 Texts are normalised the same way for every metric (lowercase, punctuation
 removed), since generated captions are lowercased by the tokenizer.
@@ -17,12 +18,34 @@ def normalise(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def bleu4(hypotheses: list[str], references: list[list[str]]) -> float:
-    """Corpus BLEU-4 (0-100) with sacrebleu's standard settings."""
-    import sacrebleu
-    n_refs = max(len(r) for r in references)
-    ref_streams = [[normalise(r[i]) if i < len(r) else normalise(r[0]) for r in references] for i in range(n_refs)]
-    return float(sacrebleu.corpus_bleu([normalise(h) for h in hypotheses], ref_streams).score)
+def bleu4(hypotheses: list[str], references: list[list[str]], n_max: int = 4) -> float:
+    """Corpus BLEU-4 (0-100) as the COCO caption toolkit computes it
+    (pycocoevalcap's ``Bleu(4)``, equal to it on the same words: a test
+    checks): n-gram counts clipped by their most frequent use in any
+    reference, summed over the corpus; the brevity penalty from the
+    reference length closest to each hypothesis; its tiny smoothing terms."""
+    correct, guess = [0] * n_max, [0] * n_max
+    test_len = ref_len = 0
+    for hyp, refs in zip(hypotheses, references):
+        words, ref_words = normalise(hyp).split(), [normalise(r).split() for r in refs]
+        most: Counter = Counter()
+        for r in ref_words:
+            for n in range(n_max):
+                most |= _ngrams(r, n + 1)  # | keeps the larger count: the clip
+        test_len += len(words)
+        ref_len += min((abs(len(r) - len(words)), len(r)) for r in ref_words)[1]
+        for n in range(n_max):
+            counts = _ngrams(words, n + 1)
+            guess[n] += max(0, len(words) - n)
+            correct[n] += sum(min(c, most[g]) for g, c in counts.items())
+    score = 1.0
+    for n in range(n_max):
+        score *= (correct[n] + 1e-15) / (guess[n] + 1e-9)
+    score **= 1.0 / n_max
+    ratio = (test_len + 1e-15) / (ref_len + 1e-9)
+    if ratio < 1:
+        score *= math.exp(1 - 1 / ratio)
+    return 100.0 * score
 
 
 def _ngrams(words: list[str], n: int) -> Counter:
@@ -57,7 +80,9 @@ def cider_d(hypotheses: list[str], references: list[list[str]], n_max: int = 4, 
                 rv, rc, rnorm = vec(r, n)
                 dot = sum(min(hv[g], rv[g]) * rv[g] for g in hv if g in rv)  # clipped (CIDEr-D)
                 cos = dot / (hnorm * rnorm) if hnorm and rnorm else 0.0
-                penalty = math.exp(-((len(hyp) - len(r)) ** 2) / (2 * sigma ** 2))
+                # The toolkit measures length in bigrams (words - 1): the same gap, but for an empty caption.
+                gap = max(0, len(hyp) - 1) - max(0, len(r) - 1)
+                penalty = math.exp(-(gap ** 2) / (2 * sigma ** 2))
                 score += cos * penalty
         total += score / n_max / len(rs) * 10.0
     return total / max(1, n_images)
