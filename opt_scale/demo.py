@@ -98,6 +98,23 @@ def _demo_input(assets: DemoAssets, n: int, seed: int) -> RawInput:
 
 def prepare(root: str | Path, n: int = 512, vq_steps: int = 300, seed: int = 0, input_dir: str | None = None,
             holdout: int = 64) -> DemoAssets:
+    """Make (or reuse) the demo's assets under ``root``. Two callers at once
+    (two `opt-bench learning` runs, a demo beside a benchmark) take turns on
+    a lock in ``root``: run together, both rebuilt the shards and one failed
+    renaming the other's temporary file."""
+    import fcntl
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".prepare.lock", "w") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _say(f"waiting for another process preparing {root}")
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+        return _prepare(root, n, vq_steps, seed, input_dir, holdout)
+
+
+def _prepare(root: str | Path, n: int, vq_steps: int, seed: int, input_dir: str | None,
+             holdout: int) -> DemoAssets:
     from opt_scale.data_prep.build import BuildOptions, build
     from opt_scale.data_prep.tokenizer_training import train_tokenizer
 
