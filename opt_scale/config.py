@@ -26,7 +26,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        if self.tasks.matching.weight > 0 and self.train.task != "vq":
+        from opt_scale.tasks.registry import trains_opt
+        if self.tasks.matching.weight > 0 and trains_opt(self.train.task):
             require(self.train.micro_batch_size >= 3, "train.micro_batch_size",
                     "the 5-way matching task swaps image/audio between samples of a micro-batch and needs "
                     f"at least 3 per micro-batch (got {self.train.micro_batch_size}); raise it or set "

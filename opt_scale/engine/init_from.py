@@ -26,7 +26,7 @@ from .distributed import from_rank0
 log = logging.getLogger(__name__)
 
 
-def load_initial_weights(model: torch.nn.Module, path: str, tokenizer_path: str, rank: int) -> None:
+def load_initial_weights(model: torch.nn.Module, path: str, tokenizer: Tokenizer, rank: int) -> None:
     """A collective: every rank calls it; all raise the same ConfigError on a mismatch."""
     params = list(model.parameters())
     partitioned = bool(params) and hasattr(params[0], "ds_id")
@@ -35,25 +35,25 @@ def load_initial_weights(model: torch.nn.Module, path: str, tokenizer_path: str,
         import deepspeed
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
             if rank == 0:
-                problem = _load(model, path, tokenizer_path)
+                problem = _load(model, path, tokenizer)
         problem = from_rank0(problem)
     else:
-        problem = _load(model, path, tokenizer_path)
+        problem = _load(model, path, tokenizer)
     if problem:
         raise ConfigError(f"config key 'train.init_from' ({path}): {problem}")
     if rank == 0:
         log.info("fine-tuning from %s", path)
 
 
-def _load(model: torch.nn.Module, path: str, tokenizer_path: str) -> str | None:
+def _load(model: torch.nn.Module, path: str, tokenizer: Tokenizer) -> str | None:
     """Load ``path``'s weights into ``model``; what is wrong, or None."""
     from opt_scale.eval.load import load_for_eval
     try:
         source = load_for_eval(path)
     except (OSError, ValueError) as exc:
         return f"not a pre-trained OPT export, checkpoint or run directory ({exc})"
-    if _pieces(source.tokenizer.sp) != _pieces(Tokenizer(tokenizer_path).sp):
-        return (f"it was trained with another tokenizer than data.tokenizer ({tokenizer_path}): use its own, "
+    if _pieces(source.tokenizer.sp) != _pieces(tokenizer.sp):
+        return (f"it was trained with another tokenizer than data.tokenizer ({tokenizer.path}): use its own, "
                 "the tokenizer.model beside its weights")
     state = source.net.state_dict()
     own = model.state_dict()

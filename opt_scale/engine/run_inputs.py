@@ -16,6 +16,7 @@ from __future__ import annotations
 from opt_scale.config import RunConfig
 from opt_scale.data.sources import check_shard_spec
 from opt_scale.data.tokenizer import Tokenizer
+from opt_scale.tasks.registry import trains_opt
 from opt_scale.utils.cli_errors import UsageError
 from opt_scale.utils.input_paths import existing_dir, existing_file, writable_dir
 
@@ -31,7 +32,7 @@ def validate_run_inputs(cfg: RunConfig) -> None:
     Tokenizer(data.tokenizer, key="data.tokenizer")  # loads in milliseconds: a real model with our special pieces
     if data.eval_shards:
         check_shard_spec(data.eval_shards, "data.eval_shards")
-    if cfg.train.task != "vq" and cfg.tasks.needs_vq:
+    if trains_opt(cfg.train.task) and cfg.tasks.needs_vq:
         existing_file(cfg.model.vq.checkpoint, "model.vq.checkpoint",
                       hint="MVM/DIR need the VQ tokenizer: train it with `opt-train --task vq` and pass its "
                            "vq.safetensors, or set tasks.mvm.weight=0 tasks.dir.weight=0")

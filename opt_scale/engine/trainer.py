@@ -206,7 +206,7 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed)
         self.model = build_model(self.cfg, self.ds_cfg)
         if self.cfg.train.init_from and not resuming:
-            load_initial_weights(self.model, self.cfg.train.init_from, self.cfg.data.tokenizer, self.dist_env.rank)
+            load_initial_weights(self.model, self.cfg.train.init_from, self.tokenizer, self.dist_env.rank)
         elif self.cfg.train.task in FINETUNE and not resuming and self.dist_env.is_main:
             log.warning("--task %s without train.init_from: fine-tuning a randomly initialised model (a baseline "
                         "for what pre-training buys)", self.cfg.train.task)

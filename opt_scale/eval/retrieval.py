@@ -75,9 +75,10 @@ def gather_sets(local: EncodedSet) -> EncodedSet:
     sample order: the same set one process encodes (a collective)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
+    from opt_scale.engine.distributed import all_gather_objects
+
     from .data import interleave_shares
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
+    parts = all_gather_objects(local)
     out = EncodedSet(keys=interleave_shares([p.keys for p in parts]),
                      image_ids=interleave_shares([p.image_ids for p in parts]),
                      towers={m: interleave_shares([p.towers[m] for p in parts]) for m in MODALITIES})
@@ -190,9 +191,8 @@ def retrieval_scores(net: OPTPretrainer, data: EncodedSet, direction: str, reran
         q, c = torch.tensor(pairs).unbind(1)
         local[q, c] = (scale * sims[q, c] + head).to(local.dtype)
     if dist.is_initialized() and world_size > 1:
-        gathered: list = [None] * world_size
-        dist.all_gather_object(gathered, local)
-        local = torch.stack(gathered).nan_to_num(float("-inf")).max(0).values
+        from opt_scale.engine.distributed import all_gather_objects
+        local = torch.stack(all_gather_objects(local)).nan_to_num(float("-inf")).max(0).values
         local[torch.isneginf(local)] = float("nan")
     # Below every re-scored candidate, in their similarity order.
     below = sims - sims.max() - 1 + torch.nan_to_num(local, nan=float("inf")).min()

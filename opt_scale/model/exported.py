@@ -12,6 +12,7 @@ from opt_scale.config import RunConfig
 from opt_scale.data.tokenizer import Tokenizer
 from opt_scale.engine.export import load_export_state
 from opt_scale.tasks.pretrainer import OPTPretrainer
+from opt_scale.tasks.registry import load_frozen_vq, trains_opt
 from opt_scale.utils.config_tools import from_dict
 
 
@@ -29,9 +30,8 @@ def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> 
     if raw["model"]["vq"].get("checkpoint"):
         raw["model"]["vq"]["checkpoint"] = str(d / raw["model"]["vq"]["checkpoint"])
     cfg = from_dict(RunConfig, raw)
-    if cfg.train.task == "vq":
+    if not trains_opt(cfg.train.task):
         raise ValueError(f"{d} holds a VQ tokenizer, not an OPT export")
-    from opt_scale.tasks.registry import load_frozen_vq
     net = OPTPretrainer(cfg.model, cfg.tasks, vq=load_frozen_vq(cfg))
     state, _ = load_export_state(d / "model.safetensors")
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -20,8 +20,9 @@ import torch.nn as nn
 
 from opt_scale.utils.config_tools import ConfigError
 
+from .config import TASK_NAMES
+
 TASKS = ("pretrain", "vq", "caption", "asr", "retrieval")
-PRETEXT = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
 FINETUNE: dict[str, dict[str, object]] = {
     "caption": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "image"},
     "asr": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "audio"},
@@ -38,7 +39,7 @@ def task_overrides(task: str) -> list[str]:
     """``--set`` items of a fine-tuning task: its tasks on, every other pretext task's weight 0."""
     if task not in FINETUNE:
         return []
-    settings = {f"tasks.{name}.weight": 0 for name in PRETEXT} | FINETUNE[task]
+    settings = {f"tasks.{name}.weight": 0 for name in TASK_NAMES} | FINETUNE[task]
     return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
 
 
@@ -48,7 +49,7 @@ def build_task_module(cfg, frozen_vq=None) -> nn.Module:
     if cfg.train.task == "vq":
         from .vq_task import VQTraining
         return VQTraining(cfg.model)
-    if trains_opt(cfg.train.task) and cfg.train.task in TASKS:
+    if cfg.train.task in TASKS:
         from .pretrainer import OPTPretrainer
         return OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq, seed=cfg.data.seed)
     raise ConfigError(f"config key 'train.task': unknown task {cfg.train.task!r} (known: {', '.join(TASKS)})")

@@ -9,6 +9,7 @@ listing cannot drift from the code that defines the keys.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 import typing
@@ -17,8 +18,9 @@ from typing import Any
 FIELD_RE = re.compile(r"^(\s*)(\w+)\s*:\s*[^=#]+?(?:=\s*(.*?))?\s*(?:#\s?(.*))?$")
 
 
+@functools.cache
 def field_comments(cls: type) -> dict[str, str]:
-    """Field name -> its comment, for the fields ``cls`` itself defines."""
+    """Field name -> its comment, for the fields ``cls`` itself defines (read once per class)."""
     try:
         lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):
@@ -37,8 +39,8 @@ def field_comments(cls: type) -> dict[str, str]:
                 above.append(text)
                 current = None
             continue
-        m = FIELD_RE.match(line) if not stripped.startswith(("def ", "@", "return", '"""')) else None
-        if m and m.group(2) not in ("def", "class") and ":" in stripped.split("=")[0]:
+        m = FIELD_RE.match(line) if not stripped.startswith('"""') else None
+        if m:
             comment = (m.group(4) or "").strip()
             out[m.group(2)] = " ".join([*above, comment]).strip()
             # Continuation lines sit under the comment's own column.
