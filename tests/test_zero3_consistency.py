@@ -1,7 +1,9 @@
 """Correct under ZeRO-3: a rank whose batch lacks audio for a whole step runs
 every tower anyway (no hang), and the losses and the trained weights (plain
 SGD, no clipping: a gradient off by any factor moves them differently) equal
-a single-process run."""
+a single-process run. The two ranks also recompute every block in backward
+(model.activation_checkpointing): ZeRO-3 must gather each block's
+partitions again for the recomputation, and nothing may change."""
 
 import json
 import sys
@@ -15,11 +17,12 @@ SCRIPT = REPO / "tests" / "dist_scripts" / "zero3_missing_audio.py"
 
 
 @pytest.mark.distributed
-def test_rank_without_audio_matches_single_process(tmp_path):
+def test_rank_without_audio_and_recomputing_matches_single_process(tmp_path):
     two = tmp_path / "two.json"
     one = tmp_path / "one.json"
     # A hang (a rank skipping a tower's collectives) fails on the timeout.
-    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(two)], timeout=300)
+    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(two), "--recompute"],
+            timeout=300)
     run_cli([sys.executable, str(SCRIPT), str(one)], timeout=300)
     single = {(r["step"], r["batch"]): r for r in json.loads(one.read_text())}
     multi = {}

@@ -172,6 +172,10 @@ class ModelConfig:
     text_decoder: TextDecoderConfig = field(default_factory=TextDecoderConfig)
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
     vq: VQConfig = field(default_factory=VQConfig)
+    # Recompute each transformer block in backward instead of keeping its
+    # activations (towers, cross-modal encoder, decoders): far less activation
+    # memory for a second forward of every block (figures: `opt-bench memory`).
+    activation_checkpointing: bool = False
 
     @property
     def vq_image_size(self) -> int:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from opt_scale.kernels import masked_linear_cross_entropy
 
 from .config import TransformerShape
-from .layers import DecoderBlock, Embedding
+from .layers import DecoderBlock, Embedding, run_block
 from .norm import LayerNorm
 
 IGNORE_INDEX = -100
@@ -38,6 +38,7 @@ class CausalDecoder(nn.Module):
                                     for _ in range(cfg.layers))
         self.norm = LayerNorm(cfg.hidden)
         self.out_bias = nn.Parameter(torch.zeros(vocab))
+        self.recompute = False  # see layers.enable_activation_checkpointing
 
     def hidden(self, inputs: torch.Tensor, memory: torch.Tensor, memory_lengths: torch.Tensor,
                caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
@@ -45,7 +46,10 @@ class CausalDecoder(nn.Module):
         pos = torch.arange(start, start + L, device=inputs.device)
         x = self.tokens(inputs) + self.positions(pos)[None]
         for i, block in enumerate(self.blocks):
-            x = block(x, memory, memory_lengths, cache=None if caches is None else caches[i])
+            if caches is None:
+                x = run_block(block, self.recompute, x, memory, memory_lengths)
+            else:  # generation: no gradients, a key/value cache per block
+                x = block(x, memory, memory_lengths, cache=caches[i])
         return self.norm(x)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, memory: torch.Tensor,

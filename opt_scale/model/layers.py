@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from opt_scale.kernels import attention
 
@@ -177,11 +178,44 @@ class DecoderBlock(nn.Module):
         return x + self.dropout(self.ffn(self.norm3(x)))
 
 
+def run_block(block: nn.Module, recompute: bool, *args, **kwargs) -> torch.Tensor:
+    """``block(*args, **kwargs)``; with ``recompute`` (model.activation_checkpointing),
+    while training, its inner activations are not kept but recomputed in backward.
+
+    Reentrant checkpointing, as DeepSpeed's own: the recomputed forward gathers
+    the block's ZeRO-3 partitions again through ZeRO's module hooks. (Both
+    variants pass tests/test_zero3_consistency.py with DeepSpeed 0.19; the
+    non-reentrant one checks the shapes of the tensors it saved, which has
+    been reported failing with partitioned weights, huggingface/trl#2514.)
+    Every tensor that may need a gradient (hidden states, a decoder's
+    memory) must therefore come in ``args``: reentrant checkpointing passes
+    gradients to its explicit inputs only; ``kwargs`` are for the rest
+    (packing). With no input needing a gradient it would give the block's
+    weights none, so such a call runs as it is."""
+    needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    if not (recompute and block.training and torch.is_grad_enabled() and needs_grad):
+        return block(*args, **kwargs)
+    return checkpoint(lambda *inputs: block(*inputs, **kwargs), *args, use_reentrant=True)
+
+
+def enable_activation_checkpointing(module: nn.Module) -> int:
+    """Recompute every transformer block of ``module`` in backward (the
+    towers', the cross-modal encoder's, the decoders'); returns the number of
+    stacks switched. Only the block inputs stay in memory between forward
+    and backward: one [tokens, hidden] tensor per block instead of about
+    ten, at the price of a second forward of each block."""
+    stacks = [m for m in module.modules() if hasattr(m, "recompute")]
+    for stack in stacks:
+        stack.recompute = True
+    return len(stacks)
+
+
 class EncoderStack(nn.Module):
     def __init__(self, layers: int, hidden: int, heads: int, ffn: int, dropout: float):
         super().__init__()
         self.blocks = nn.ModuleList(EncoderBlock(hidden, heads, ffn, dropout) for _ in range(layers))
         self.norm = LayerNorm(hidden)
+        self.recompute = False  # see enable_activation_checkpointing
 
     def forward(self, x, key_lengths=None, segments=None, allowed_pairs=None, packing: Packing | None = None):
         """``segments`` [B, L] (a modality id per token) and ``allowed_pairs``
@@ -190,7 +224,7 @@ class EncoderStack(nn.Module):
         neither; they are there for variants that keep modalities apart.
         With ``packing``, ``x`` is the flat [T, D] real tokens (see :class:`Packing`)."""
         for block in self.blocks:
-            x = block(x, key_lengths, segments, allowed_pairs, packing=packing)
+            x = run_block(block, self.recompute, x, key_lengths, segments, allowed_pairs, packing=packing)
         return self.norm(x)
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from opt_scale.data.masking import AUDIO, IMAGE, TEXT
 from opt_scale.model.config import ModelConfig
 from opt_scale.model.decoders import IGNORE_INDEX
-from opt_scale.model.layers import Linear
+from opt_scale.model.layers import Linear, enable_activation_checkpointing
 from opt_scale.model.opt import OPTModel
 from opt_scale.model.registry import part_class
 from opt_scale.model.vq import VQTokenizer
@@ -107,6 +107,8 @@ class OPTPretrainer(nn.Module):
         self.matching = MatchingHead(d, similarity_features=tasks_cfg.matching.similarity_features)
         self.contrastive = ContrastiveHead(d, tasks_cfg.contrastive)
         self._vq = [vq]  # a list hides it from nn.Module: not partitioned, not optimised, not saved
+        if model_cfg.activation_checkpointing:
+            enable_activation_checkpointing(self)
 
     @property
     def vq(self) -> VQTokenizer | None:

@@ -9,6 +9,10 @@ the same averaged gradient, so the losses and the weights must agree step
 for step. Plain SGD without clipping: its update is proportional to the
 gradient, so a gradient off by any factor shows in the weights (Adam's
 first step, lr x sign(g), and clipping hide such a factor).
+
+``--recompute``: with model.activation_checkpointing (every block recomputed
+in backward, its ZeRO-3 partitions gathered a second time), which must not
+change a loss or a weight.
 """
 
 import json
@@ -66,7 +70,7 @@ def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
             "match_keep": match_keep, "match_u": torch.rand(B, 2, generator=g)}
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, recompute: bool = False) -> None:
     env = distributed.detect()
     distributed.prepare_environment(env)
     import deepspeed
@@ -76,6 +80,7 @@ def main(out_path: str) -> None:
     from opt_scale.tasks.pretrainer import OPTPretrainer
 
     cfg = small_config(VOCAB)
+    cfg.model.activation_checkpointing = recompute
     # Each rank's own rows as contrastive and matching candidates: the global
     # batch of two ranks is then the same as two accumulated micro-batches
     # (gathering across ranks is tested in test_contrastive_gather.py).
@@ -117,4 +122,4 @@ def whole_state(engine) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], recompute="--recompute" in sys.argv[2:])
