@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "kernels": "opt_scale.bench.kernels",
     "learning": "opt_scale.bench.learning",
     "loader": "opt_scale.bench.loader",
+    "plan": "opt_scale.bench.plan",
     "scaling": "opt_scale.bench.scaling",
     "shards": "opt_scale.bench.shards",
     "step": "opt_scale.bench.step",
