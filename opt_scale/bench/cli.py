@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "learning": "opt_scale.bench.learning",
     "loader": "opt_scale.bench.loader",
     "memory": "opt_scale.bench.memory",
+    "plan": "opt_scale.bench.plan",
     "scaling": "opt_scale.bench.scaling",
     "shards": "opt_scale.bench.shards",
     "step": "opt_scale.bench.step",
