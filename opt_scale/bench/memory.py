@@ -13,6 +13,10 @@ activations). That is the memory held from the end of the forward until
 backward frees it. With checkpointing, backward recomputes one block at a
 time and frees it before the next; the column ``recomputed_per_block_mb``
 is that transient extra, on average per block.
+
+Step times on a shared CPU vary by tens of percent from pass to pass (the
+allocator hands ~1 GB of activations back and forth): the table gives the
+median and the fastest pass of each variant, and their ratios.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def measure(nets: list[torch.nn.Module], batches: list[dict], warmup: int) -> li
             net, rec = nets[k].train(), records[k]
             blocks = sum(len(m.blocks) for m in net.modules() if getattr(m, "recompute", False))
             net.zero_grad(set_to_none=True)
+            torch.manual_seed(i)  # the same dropout masks for every variant at a pass
             forward, backward = SavedTensorMeter(net), SavedTensorMeter(net)
             start = time.perf_counter()
             with forward.hooks():
@@ -82,7 +87,7 @@ def measure(nets: list[torch.nn.Module], batches: list[dict], warmup: int) -> li
                 rec["losses"].append(float(out["loss"].detach()))
     return [{"activation_mb": statistics.median(r["held"]) / 2**20,
              "recomputed_per_block_mb": statistics.median(r["recomputed"]) / 2**20,
-             "step_s": statistics.median(r["times"]),
+             "step_s": statistics.median(r["times"]), "step_s_min": min(r["times"]),
              "stacks_recomputed": sum(getattr(m, "recompute", False) for m in net.modules()),
              "losses": r["losses"]} for net, r in zip(nets, records)]
 
@@ -121,10 +126,11 @@ def run(args: argparse.Namespace) -> dict:
     for row in rows:
         row["memory_ratio"] = plain["activation_mb"] / row["activation_mb"]
         row["time_ratio"] = row["step_s"] / plain["step_s"]
+        row["time_ratio_min"] = row["step_s_min"] / plain["step_s_min"]
     # Recomputation replays the same operations on the same inputs: the losses must not move.
     same_losses = plain["losses"] == ckpt["losses"]
     print_table(rows, ["activation_checkpointing", "activation_mb", "recomputed_per_block_mb", "memory_ratio",
-                       "step_s", "time_ratio"],
+                       "step_s", "time_ratio", "step_s_min", "time_ratio_min"],
                 title=f"activation memory, preset {args.preset}, micro batch {args.micro_batch}, one process "
                       f"(median of {args.steps} forward + backward passes each, taking turns); losses equal: {same_losses}")
     return {"ok": same_losses, "bench": "memory", "preset": args.preset, "micro_batch": args.micro_batch,
