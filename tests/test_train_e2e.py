@@ -97,3 +97,15 @@ def test_opt_train_takes_the_deepspeed_launchers_local_rank_flag():
     for flag in ("--local_rank=1", "--local-rank=0"):
         proc = run_cli(["opt-train", flag, "--config", "tiny", "--print-config"])
         assert '"task": "pretrain"' in proc.stdout
+
+
+@pytest.mark.distributed
+def test_the_deepspeed_launcher_starts_two_ranks(tiny_overrides, tmp_path):
+    """`deepspeed --num_gpus 2 $(which opt-train) ...`: the launcher passes --local_rank=N
+    and the usual environment; on this CPU its accelerator is DeepSpeed's CPU one."""
+    from .conftest import BIN
+    proc = run_cli([str(BIN / "deepspeed"), "--num_gpus", "2", str(BIN / "opt-train"), "--config", "tiny",
+                    "--set", *tiny_overrides, "train.steps=1", "data.num_workers=0"],
+                   env={"DS_ACCELERATOR": "cpu"}, timeout=300)
+    marker = json.loads((tmp_path / "run" / "checkpoints" / "step_00000001" / "COMPLETE.json").read_text())
+    assert marker["world_size"] == 2 and "opt-train summary" in proc.stdout
