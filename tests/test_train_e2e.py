@@ -91,6 +91,15 @@ def test_a_run_records_what_produced_it_and_points_latest_at_its_newest_checkpoi
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(out.iterdir()) if out.is_dir() else out.is_file()
+    # --safe_serialization: safetensors refuses two names on one storage; the MLM
+    # head's tied projection has one name (the text embedding's).
+    safe = trained_run.parent / "zero_to_fp32_safe"
+    proc = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(safe),
+                           "--safe_serialization"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from safetensors.torch import load_file
+    tensors = {k: v for f in safe.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    assert "model.text.tokens.weight" in tensors and "mlm.weight" not in tensors
 
 
 def test_opt_train_takes_the_deepspeed_launchers_local_rank_flag():

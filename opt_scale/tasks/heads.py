@@ -1,9 +1,11 @@
 """Loss heads. Each computes its loss inside its own ``forward``: under
 ZeRO-3 a module's parameters are gathered only around its forward, so a loss
-that reads a projection weight must live in the module that owns (or ties)
-that weight."""
+that reads a projection weight must live in the module that owns that
+weight, or that registers it as an external parameter (MaskedTokenHead)."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn as nn
@@ -16,8 +18,15 @@ from opt_scale.model.norm import LayerNorm
 
 class MaskedTokenHead(nn.Module):
     """Transform + projection to a vocabulary, evaluated at masked positions
-    only. ``tied_weight`` (e.g. the text embedding) is registered here too, so
-    ZeRO-3 gathers it for this module's forward."""
+    only.
+
+    A ``tied_weight`` (the text embedding, for MLM) is not registered as a
+    parameter of this module: the tensor keeps the one name of its owner in
+    every state dict, so the tools that refuse two names on one storage work
+    on our checkpoints (DeepSpeed's ``zero_to_fp32.py --safe_serialization``,
+    safetensors). ZeRO-3 still gathers it for this module's forward: it is
+    registered as an external parameter (DeepSpeed's mechanism for a weight
+    used outside its owner's forward)."""
 
     def __init__(self, hidden: int, vocab: int, tied_weight: nn.Parameter | None = None,
                  label_smoothing: float = 0.0):
@@ -25,11 +34,26 @@ class MaskedTokenHead(nn.Module):
         self.transform = Linear(hidden, hidden)
         self.norm = LayerNorm(hidden)
         if tied_weight is not None:
-            self.weight = tied_weight
+            self._tied = [tied_weight]  # a list hides it from nn.Module's registration
+            if "deepspeed" in sys.modules:  # imported by every DeepSpeed launch before the model is built
+                from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+                register_external_parameter(self, tied_weight)
         else:
             self.weight = nn.Parameter(torch.randn(vocab, hidden) * 0.02)
         self.bias = nn.Parameter(torch.zeros(vocab))
         self.label_smoothing = label_smoothing
+
+    def projection(self) -> torch.Tensor:
+        """[vocab, hidden]: the tied tensor, or this head's own weight."""
+        return self._tied[0] if hasattr(self, "_tied") else self.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints and exports from before the tie left the module tree
+        # carry the tied tensor under this head's name too: the same values
+        # as its owner's, loaded there.
+        if hasattr(self, "_tied"):
+            state_dict.pop(prefix + "weight", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
         """hidden [B, L, D], labels [B, L] (ignore_index where unmasked)."""
@@ -37,7 +61,7 @@ class MaskedTokenHead(nn.Module):
         flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         h = self.norm(F.gelu(self.transform(flat)))
         loss, count = masked_linear_cross_entropy(
-            h, self.weight, self.bias, torch.arange(len(positions), device=h.device),
+            h, self.projection(), self.bias, torch.arange(len(positions), device=h.device),
             labels.reshape(-1).index_select(0, positions), label_smoothing=self.label_smoothing,
             ignore_index=ignore_index)
         return loss, count
