@@ -1,7 +1,7 @@
-"""``opt-shards``: build, index, verify and inspect WebDataset shards for OPT
-(from Localized Narratives, or image-text / audio-text pairs via ``pairs``).
+"""``opt-shards``: download Localized Narratives, build, index, verify and inspect WebDataset shards
+for OPT (from Localized Narratives, or image-text / audio-text pairs via ``pairs``).
 
-Exit status: 0 success; 1 verification problems or an unfinished build;
+Exit status: 0 success; 1 verification problems, an unfinished build or files that failed to download;
 2 bad options or inputs; 3 the build's failure rate exceeds --max-failure-rate
 (the shards are kept).
 """
@@ -31,6 +31,25 @@ def _demo_data(args: argparse.Namespace) -> int:
         for what, path in extras.items():
             print(f"{what}: {path}")
     return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .build import BuildConfigError, resolve_job
+    from .download import DownloadOptions, download, format_report
+    from .http_fetch import FetchOptions
+    try:
+        num_jobs, job_index = resolve_job(args.num_jobs, args.job_index)
+    except BuildConfigError as exc:
+        raise UsageError(f"--num-jobs/--job-index: {exc}") from exc
+    opts = DownloadOptions(
+        out_dir=args.out, annotations=tuple(args.annotations), image_split=args.image_split,
+        annotations_url=args.annotations_url, recordings_url=args.recordings_url, images_url=args.images_url,
+        connections=args.connections, max_per_second=args.max_per_second,
+        fetch=FetchOptions(timeout=args.timeout, retries=args.retries, backoff=args.backoff),
+        num_jobs=num_jobs, job_index=job_index, progress=not args.no_progress)
+    report = download(opts, dry_run=args.dry_run, head=not args.no_head)
+    print(format_report(report, opts, args.dry_run, head=not args.no_head))
+    return EXIT_PROBLEMS if report.failed or report.unknown_sizes else 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -116,6 +135,43 @@ def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
     return p
 
 
+def _add_download(sub) -> None:
+    from .download import (DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGES_URL, DEFAULT_RECORDINGS_URL, IMAGE_SPLITS,
+                           SPLIT_FILES)
+    w = _sub(sub, "download", "fetch Localized Narratives annotations, the recordings they name and the Open "
+                              "Images images they show, into the layout `build` reads (resumable)", _download)
+    w.add_argument("--out", required=True, help="output directory (annotations/, images/, audio/)")
+    w.add_argument("--annotations", nargs="+", default=["train"],
+                   help=f"annotation file names, or split names ({', '.join(SPLIT_FILES)}) for the Open Images "
+                        "files of that split")
+    w.add_argument("--image-split", choices=IMAGE_SPLITS, default=None,
+                   help="Open Images folder the images come from (default: the split --annotations names, else train)")
+    w.add_argument("--annotations-url", default=DEFAULT_ANNOTATIONS_URL, help="base URL of the annotation files")
+    w.add_argument("--recordings-url", default=DEFAULT_RECORDINGS_URL,
+                   help="base URL that voice_recording paths are relative to")
+    w.add_argument("--images-url", default=DEFAULT_IMAGES_URL, help="base URL of <split>/<image_id>.jpg")
+    w.add_argument("--connections", type=int, default=16, help="parallel connections (threads)")
+    w.add_argument("--max-per-second", type=float, default=100.0,
+                   help="requests started per second over all connections (0: no limit)")
+    w.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for a connection, an answer or the next bytes of a body")
+    w.add_argument("--retries", type=int, default=5,
+                   help="retries of a file after a failure that may pass (5xx, 429, timeout, truncated body)")
+    w.add_argument("--backoff", type=float, default=1.0,
+                   help="seconds before the first retry; doubled for each next one, with jitter (at most 60)")
+    w.add_argument("--num-jobs", type=int, default=None,
+                   help="share the images and recordings over this many jobs (by a hash of the path); "
+                        "None: SLURM_ARRAY_TASK_COUNT in a Slurm job array, else 1")
+    w.add_argument("--job-index", type=int, default=None,
+                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
+                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
+    w.add_argument("--dry-run", action="store_true",
+                   help="fetch only the annotations; print the counts and the bytes still to download")
+    w.add_argument("--no-head", action="store_true",
+                   help="with --dry-run: estimate sizes per file instead of one HEAD request per file")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .media import AUDIO_FORMATS, DEFAULT_MAX_PIXELS
     from .tokenizer_training import MODEL_TYPES
@@ -139,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "unsafe paths, duplicates, ...), in a second annotation file")
     d.add_argument("--open-images-csv", action="store_true",
                    help="also write an Open Images image CSV (licence, author, rotation) for every image")
+
+    _add_download(sub)
 
     b = _sub(sub, "build", "build WebDataset shards from narratives, images and recordings", _build)
     b.add_argument("--annotations", nargs="+", required=True,
