@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from opt_scale.utils.cli_errors import UsageError, add_version_flag, reports_usage_errors
+from opt_scale.utils.cli_errors import DefaultsHelpFormatter, UsageError, add_version_flag, reports_usage_errors
 from opt_scale.utils.config_tools import ConfigError
 from opt_scale.utils.input_paths import existing_file, writable_dir
 
@@ -130,7 +130,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=help_text,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.set_defaults(func=func)
     return p
 

@@ -152,3 +152,17 @@ def test_a_bug_keeps_its_traceback(tmp_path):
             "@reports_usage_errors('opt-x')\ndef main(argv=None):\n    return {}['bug']\nsys.exit(main())\n")
     proc = run_cli([str(BIN / "python"), "-c", code], check=False, timeout=60)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError" in proc.stderr
+
+
+@pytest.mark.parametrize("main_module, argv", [("opt_scale.data_prep.cli", ["build", "--help"]),
+                                               ("opt_scale.data_prep.cli", ["download", "--help"]),
+                                               ("opt_scale.cli.eval", ["retrieval", "--help"]),
+                                               ("opt_scale.bench.cli", ["memory", "--help"])])
+def test_help_states_real_defaults_only(main_module, argv, capsys):
+    """Required options and options without a value show no "(default: None)"; real defaults still show."""
+    import importlib
+    with pytest.raises(SystemExit):
+        importlib.import_module(main_module).main(argv)
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "default: None" not in text and "default: False" not in text and "(default: )" not in text
+    assert "(default: " in text

@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import sys
 
-from opt_scale.utils.cli_errors import add_version_flag, reports_usage_errors
+from opt_scale.utils.cli_errors import DefaultsHelpFormatter, add_version_flag, reports_usage_errors
 
 from .machine import describe
 from .report import write_json
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
-                            description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            description=module.__doc__, formatter_class=DefaultsHelpFormatter)
         sp.add_argument("--json", default=f"runs/bench/{name}.json", help="where to write the results as JSON")
         sp.add_argument("--plot", default=None, metavar="PNG", help="also draw the results into this PNG")
         module.add_arguments(sp)

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from opt_scale.utils.cli_errors import UsageError, add_version_flag, reports_usage_errors
+from opt_scale.utils.cli_errors import DefaultsHelpFormatter, UsageError, add_version_flag, reports_usage_errors
 
 
 def _common(p: argparse.ArgumentParser, shards: bool = True) -> None:
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("retrieval", help="recall@1/5/10 for every direction among text, image and audio",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     _common(r)
     r.add_argument("--rerank", type=int, default=16,
                    help="candidates per query re-scored by similarity + the matching head, reported beside the "
@@ -60,16 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "both are always printed")
     m = sub.add_parser("matching", help="5-way matching accuracy (random and nearest-neighbour negatives) and "
                                         "pair AUCs, beside the content-blind baseline",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     _common(m)
     m.add_argument("--seed", type=int, default=0, help="seed of the random negatives")
     c = sub.add_parser("caption", help="captions from image, audio and both; BLEU-4, CIDEr, WER",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     _common(c)
     c.add_argument("--beam", type=int, default=3, help="beam width (1: greedy)")
     c.add_argument("--show", type=int, default=5, help="print this many example captions")
     g = sub.add_parser("generate", help="text-to-image through the image decoder and the VQ decoder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     _common(g, shards=False)
     g.add_argument("--prompt", action="append", default=[], help="a caption (repeat for several rows)")
     g.add_argument("--prompts-from", default=None, metavar="SHARDS",
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--out", required=True, help="PNG grid to write")
     rep = sub.add_parser("report", help="markdown tables from the JSON the other commands wrote (no model needed)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsHelpFormatter)
     rep.add_argument("--eval-dir", required=True,
                      help="directory holding retrieval.json, caption.json and text_to_image.png")
     rep.add_argument("--run", default=None, help="also report this opt-train run's loss and samples/s (its out_dir)")

@@ -15,6 +15,7 @@ Anything else is a bug or a failure of the machine and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -75,3 +76,16 @@ def add_version_flag(parser) -> None:
     """``--version``: the package version, as every command prints it."""
     from opt_scale import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that states an option's default only when it has a real one:
+    not for required options, options without a value (None, "", []) or
+    on/off switches, where "(default: None)" / "(default: False)" would say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if action.required or default is None or default is argparse.SUPPRESS or default in ("", []) \
+                or isinstance(default, bool) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
