@@ -74,8 +74,8 @@ def largest_layer_parameters(cfg: ModelConfig) -> int:
     t, v, a, c = cfg.text, cfg.vision, cfg.audio, cfg.cross
     d, V, K = c.hidden, vocab(cfg), cfg.vq.codebook_size
     candidates = [
-        V * t.hidden,                                       # text token embedding
-        V * d + V,                                          # MLM projection (tied weight) + its bias
+        V * t.hidden,                                       # text token embedding (the MLM head's projection:
+                                                            # an external parameter there, not its own)
         K * d + K,                                          # MVM codebook projection + bias
         a.conv_channels * conv_out_freq(a) * a.hidden + a.hidden,   # audio subsampler's output linear
         t.max_len * t.hidden, v.num_patches * v.hidden,     # position embeddings
