@@ -218,7 +218,8 @@ def test_inspect_writes_png_wav_caption_and_a_contact_sheet(prep_reference, tmp_
 def test_every_option_of_every_subcommand_is_documented():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) == {"demo-data", "build", "pairs", "index", "verify", "inspect", "train-tokenizer"}
+    assert set(sub.choices) == {"demo-data", "download", "build", "pairs", "index", "verify", "inspect",
+                                "train-tokenizer"}
     for name, sp in sub.choices.items():
         assert sp.description, name
         for action in sp._actions:

@@ -40,7 +40,7 @@ def rel_err(a, b):
 
 def masked_head_reference(head, hidden, labels):
     h = head.norm(F.gelu(head.transform(hidden)))
-    logits = h @ head.weight.t() + head.bias
+    logits = h @ head.projection().t() + head.bias
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), labels.reshape(-1), ignore_index=-100)
 
 
