@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from opt_scale.eval.data import iter_eval_batches
         batches = iter_eval_batches(args.shards, cfg.model, tok, args.batch_size, args.max_samples, rank, world)
+        from tqdm import tqdm
+        # A bar on a terminal (rank 0), nothing in logs and pipes (disable=None: off when not a TTY).
+        batches = tqdm(batches, desc=f"opt-eval {args.command}", unit="batch", disable=None if rank == 0 else True)
         if args.command == "retrieval":
             from opt_scale.eval.retrieval import encode_set, evaluate_retrieval, gather_sets
             data = gather_sets(encode_set(net, batches, device))
