@@ -135,6 +135,15 @@ def _sub(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
     return p
 
 
+def _add_job_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--num-jobs/--job-index, shared by build and download (resolved by build.resolve_job)."""
+    p.add_argument("--num-jobs", type=int, default=None,
+                   help=f"{what}; None: SLURM_ARRAY_TASK_COUNT in a Slurm job array, else 1")
+    p.add_argument("--job-index", type=int, default=None,
+                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
+                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
+
+
 def _add_download(sub) -> None:
     from .download import (DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGES_URL, DEFAULT_RECORDINGS_URL, IMAGE_SPLITS,
                            SPLIT_FILES)
@@ -159,12 +168,7 @@ def _add_download(sub) -> None:
                    help="retries of a file after a failure that may pass (5xx, 429, timeout, truncated body)")
     w.add_argument("--backoff", type=float, default=1.0,
                    help="seconds before the first retry; doubled for each next one, with jitter (at most 60)")
-    w.add_argument("--num-jobs", type=int, default=None,
-                   help="share the images and recordings over this many jobs (by a hash of the path); "
-                        "None: SLURM_ARRAY_TASK_COUNT in a Slurm job array, else 1")
-    w.add_argument("--job-index", type=int, default=None,
-                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
-                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
+    _add_job_flags(w, "share the images and recordings over this many jobs (by a hash of the path)")
     w.add_argument("--dry-run", action="store_true",
                    help="fetch only the annotations; print the counts and the bytes still to download")
     w.add_argument("--no-head", action="store_true",
@@ -225,12 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out COUNT narratives (whole images, chosen by a hash of the image id) as their "
                         "own shard set PREFIX-NAME-*.tar and index; repeatable")
     b.add_argument("--workers", type=int, default=1, help="worker processes (one shard each at a time)")
-    b.add_argument("--num-jobs", type=int, default=None,
-                   help="split the shards over this many jobs; None: SLURM_ARRAY_TASK_COUNT in a Slurm job "
-                        "array, else 1")
-    b.add_argument("--job-index", type=int, default=None,
-                   help="which job this is, 0-based; None: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / "
-                        "SLURM_ARRAY_TASK_STEP in a Slurm job array, else 0")
+    _add_job_flags(b, "split the shards over this many jobs")
     b.add_argument("--max-failure-rate", type=float, default=0.05,
                    help="exit with status 3 when more than this fraction of input records fail (shards are kept)")
     b.add_argument("--overwrite", action="store_true",

@@ -16,7 +16,6 @@ module decides what to fetch, shares it over a job array and reports.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from opt_scale.utils.cli_errors import UsageError
 from .http_fetch import FetchError, FetchOptions, RateLimiter, content_length, fetch
 from .input_scan import digest64
 from .narratives import RecordError, check_relative_path, parse_line
+from .shard_writer import atomic_write_bytes
 
 LN_BUCKET = "https://storage.googleapis.com/localized-narratives/"
 DEFAULT_ANNOTATIONS_URL = LN_BUCKET + "annotations/"
@@ -244,7 +244,7 @@ def fetch_all(items: list[Item], opts: DownloadOptions, limiter: RateLimiter) ->
     return outcome
 
 
-def sizes(items: list[Item], opts: DownloadOptions, limiter: RateLimiter,
+def sizes(items: list[Item], opts: DownloadOptions,
           size_of: Callable[[Item], int | None]) -> tuple[int, int, int]:
     """(bytes to download, files whose size is unknown, bytes already on disk) for ``items``."""
     out = Path(opts.out_dir)
@@ -266,12 +266,6 @@ def head_size(opts: DownloadOptions, limiter: RateLimiter) -> Callable[[Item], i
 
 def estimated_size(item: Item) -> int:
     return IMAGE_BYTES_ESTIMATE if item.kind == "image" else RECORDING_BYTES_ESTIMATE
-
-
-def write_failures(path: Path, failures: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -309,13 +303,14 @@ def download(opts: DownloadOptions, dry_run: bool = False, head: bool = True) ->
     report = DownloadReport(refs, ann_outcome, len(items), share)
     if dry_run:
         size_of = head_size(opts, limiter) if head else estimated_size
-        report.bytes_needed, report.unknown_sizes, report.bytes_on_disk = sizes(share, opts, limiter, size_of)
+        report.bytes_needed, report.unknown_sizes, report.bytes_on_disk = sizes(share, opts, size_of)
         return report
     for sub in ("images", "audio"):  # present even when empty: DEMO_INPUT requires both
         (out / sub).mkdir(exist_ok=True)
     report.media = fetch_all(share, opts, limiter)
     report.failures_path = out / failures_name(opts)
-    write_failures(report.failures_path, ann_outcome.failures + report.media.failures)
+    atomic_write_bytes(report.failures_path,
+                       "".join(json.dumps(f) + "\n" for f in ann_outcome.failures + report.media.failures).encode())
     return report
 
 

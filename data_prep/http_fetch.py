@@ -136,8 +136,7 @@ def _open(url: str, method: str, opts: FetchOptions, limiter: RateLimiter) -> ht
 
 def _head_once(url: str, opts: FetchOptions, limiter: RateLimiter) -> int | None:
     with _open(url, "HEAD", opts, limiter) as resp:
-        length = resp.headers.get("Content-Length")
-        return int(length) if length and length.isdigit() else None
+        return announced_length(resp.headers)
 
 
 def _get_once(url: str, dest: Path, opts: FetchOptions, limiter: RateLimiter,
@@ -146,8 +145,7 @@ def _get_once(url: str, dest: Path, opts: FetchOptions, limiter: RateLimiter,
     received = 0
     try:
         with _open(url, "GET", opts, limiter) as resp:
-            length = resp.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
+            expected = announced_length(resp.headers)
             expected_md5 = announced_md5(resp.headers)
             md5 = hashlib.md5()
             try:
@@ -178,6 +176,12 @@ def _get_once(url: str, dest: Path, opts: FetchOptions, limiter: RateLimiter,
         on_bytes(-received)  # the progress bar counts bytes kept
         tmp.unlink(missing_ok=True)
         raise
+
+
+def announced_length(headers: Message) -> int | None:
+    """The body's size the server announces (Content-Length), if any."""
+    length = headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
 
 
 def announced_md5(headers: Message) -> bytes | None:

@@ -181,19 +181,15 @@ def verify(target: str, workers: int = 1) -> tuple[list[ShardCheck], list[str]]:
     """Check every shard; return the per-shard checks and all problems found."""
     pairs = shards_to_check(target)
     from tqdm import tqdm
-    # A bar on a terminal; nothing in logs and pipes (disable=None: off when not a TTY).
-    bar = tqdm(total=len(pairs), desc="verify", unit="shard", disable=None)
-    checks = []
-    with bar:
-        if workers > 1 and len(pairs) > 1:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for check in pool.map(_check_args, pairs):
-                    checks.append(check)
-                    bar.update(1)
-        else:
-            for pair in pairs:
-                checks.append(check_shard(*pair))
-                bar.update(1)
+
+    def progress(checks):  # a bar on a terminal; nothing in logs and pipes (disable=None: off when not a TTY)
+        return list(tqdm(checks, total=len(pairs), desc="verify", unit="shard", disable=None))
+
+    if workers > 1 and len(pairs) > 1:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            checks = progress(pool.map(_check_args, pairs))
+    else:
+        checks = progress(check_shard(*pair) for pair in pairs)
     problems = [msg for c in checks for msg in c.problems]
     seen: dict[str, str] = {}
     for c in checks:

@@ -50,7 +50,7 @@ def test_recomputed_blocks_give_the_same_loss_and_gradients_with_fewer_activatio
     assert ckpt_bytes < 0.7 * plain_bytes
 
 
-def test_generation_is_unaffected(tmp_path):
+def test_generation_is_unaffected():
     """No gradients, a key/value cache: blocks run as they are."""
     from opt_scale.model.layers import run_block
     block = torch.nn.Linear(4, 4)

@@ -30,16 +30,21 @@ def add_probe_arguments(p: argparse.ArgumentParser, steps: int, warmup: int) -> 
     p.add_argument("--warmup", type=int, default=warmup, help="untimed steps before them")
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="per-device peak TFLOP/s for MFU (default: GPU table by name, or a CPU estimate)")
-    p.add_argument("--demo-dir", default="runs/demo",
-                   help="demo shards + tokenizer to train on (made if missing, except under srun)")
-    p.add_argument("--shards", default="", help="train on these shards instead (data.train_shards)")
-    p.add_argument("--tokenizer", default="", help="with --shards: their SentencePiece model")
+    add_data_arguments(p)
     p.add_argument("--work-dir", default="", help="logs and scratch files (default runs/bench/<command>)")
     p.add_argument("--profile", action="store_true",
                    help="also cProfile each engine's timed steps on rank 0 and print the top functions "
                         "(profiling slows the steps: use it to attribute time, not to measure it)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.micro_batch_size=16 data.num_workers=2")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--demo-dir / --shards / --tokenizer: the data :func:`data_overrides` turns into config keys."""
+    p.add_argument("--demo-dir", default="runs/demo",
+                   help="demo shards + tokenizer to train on (made if missing, except under srun)")
+    p.add_argument("--shards", default="", help="train on these shards instead (data.train_shards)")
+    p.add_argument("--tokenizer", default="", help="with --shards: their SentencePiece model")
 
 
 def under_srun() -> bool:

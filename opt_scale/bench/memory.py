@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from .launch import add_data_arguments, data_overrides
 from .report import print_table
 
 
@@ -35,9 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=4, help="timed forward + backward passes per variant")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first")
     p.add_argument("--micro-batch", type=int, default=8, help="samples per pass (train.micro_batch_size)")
-    p.add_argument("--demo-dir", default="runs/demo", help="demo shards + tokenizer (made if missing)")
-    p.add_argument("--shards", default="", help="measure on these shards instead (data.train_shards)")
-    p.add_argument("--tokenizer", default="", help="with --shards: their SentencePiece model")
+    add_data_arguments(p)
     p.add_argument("--work-dir", default="runs/bench/memory", help="scratch files (an untrained VQ tokenizer)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. model.text.max_len=128")
@@ -67,10 +66,10 @@ def measure(nets: list[torch.nn.Module], batches: list[dict], warmup: int) -> li
     """Each net's figures on the same batches; the nets take turns, first one then
     the other, so that a machine's drift in speed weighs on both alike."""
     records = [{"held": [], "recomputed": [], "times": [], "losses": []} for _ in nets]
+    blocks = [sum(len(m.blocks) for m in net.modules() if getattr(m, "recompute", False)) for net in nets]
     for i, batch in enumerate(batches):
         for k in (range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))):
             net, rec = nets[k].train(), records[k]
-            blocks = sum(len(m.blocks) for m in net.modules() if getattr(m, "recompute", False))
             net.zero_grad(set_to_none=True)
             torch.manual_seed(i)  # the same dropout masks for every variant at a pass
             forward, backward = SavedTensorMeter(net), SavedTensorMeter(net)
@@ -83,7 +82,7 @@ def measure(nets: list[torch.nn.Module], batches: list[dict], warmup: int) -> li
             if i >= warmup:
                 rec["times"].append(elapsed)
                 rec["held"].append(forward.bytes)
-                rec["recomputed"].append(backward.bytes / max(blocks, 1))
+                rec["recomputed"].append(backward.bytes / max(blocks[k], 1))
                 rec["losses"].append(float(out["loss"].detach()))
     return [{"activation_mb": statistics.median(r["held"]) / 2**20,
              "recomputed_per_block_mb": statistics.median(r["recomputed"]) / 2**20,
@@ -102,7 +101,6 @@ def run(args: argparse.Namespace) -> dict:
     from opt_scale.engine.trainer import fill_vocab
     from opt_scale.tasks.registry import build_task_module, load_frozen_vq
 
-    from .launch import data_overrides
     from .train_probe import write_untrained_vq
 
     cfg = load_config(args.preset, [*data_overrides(args), "data.num_workers=0",

@@ -46,10 +46,9 @@ class CausalDecoder(nn.Module):
         pos = torch.arange(start, start + L, device=inputs.device)
         x = self.tokens(inputs) + self.positions(pos)[None]
         for i, block in enumerate(self.blocks):
-            if caches is None:
-                x = run_block(block, self.recompute, x, memory, memory_lengths)
-            else:  # generation: no gradients, a key/value cache per block
-                x = block(x, memory, memory_lengths, cache=caches[i])
+            # Generation (a key/value cache per block) runs without gradients: never recomputed.
+            x = run_block(block, self.recompute, x, memory, memory_lengths,
+                          cache=None if caches is None else caches[i])
         return self.norm(x)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, memory: torch.Tensor,
