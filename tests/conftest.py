@@ -117,10 +117,15 @@ def trained_run(demo_shards, demo_tokenizer, demo_vq, tmp_path_factory) -> Path:
                  f"model.vq.checkpoint={demo_vq}", f"train.out_dir={run}",
                  "train.log_every=1", "data.num_workers=1", "train.micro_batch_size=4", "train.checkpoint_every=0",
                  "train.steps=4", f"data.eval_shards={demo_shards / 'demo-index.json'}", "train.eval_every=4",
-                 "train.eval_samples=8"]
-    proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides], timeout=600)
+                 "train.eval_samples=8", "train.report_to=tensorboard,wandb,mlflow"]
+    proc = run_cli(torchrun_args(2) + ["--config", "tiny", "--set", *overrides], timeout=600, env=OFFLINE_TRACKING)
     (run / "stdout.txt").write_text(proc.stdout)
     return run
+
+
+# W&B without a network or an account (its files stay in the run directory);
+# MLflow needs nothing: its file store in the run directory is the default.
+OFFLINE_TRACKING = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, check: bool = True,

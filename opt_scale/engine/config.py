@@ -34,6 +34,7 @@ class TrainConfig:
     checkpoint_every: int = 100      # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
     log_every: int = 10              # steps between TensorBoard/console logs
+    report_to: tuple[str, ...] = ("tensorboard",)  # where rank 0 logs: any of tensorboard, wandb, mlflow (engine/trackers.py)
     max_bad_steps: int = 5           # consecutive non-finite losses before aborting
     eval_every: int = 0              # steps between evaluations on data.eval_shards (0: never)
     eval_samples: int = 64           # held-out samples each evaluation uses
@@ -57,6 +58,8 @@ class TrainConfig:
         require(self.precision in PRECISIONS + ("auto",), "train.precision",
                 f"must be one of {', '.join(PRECISIONS)} or auto, got {self.precision!r}")
         require(self.log_every > 0, "train.log_every", "must be positive")
+        from .trackers import check_backends
+        check_backends(self.report_to)
         require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         require(self.max_bad_steps > 0, "train.max_bad_steps", "must be positive")
         require(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0")

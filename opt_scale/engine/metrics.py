@@ -56,14 +56,12 @@ class Window:
 
 
 class RunLogger:
-    def __init__(self, log_dir: str, enabled: bool, total_steps: int):
-        self.enabled = enabled
+    def __init__(self, writer, total_steps: int):
+        """``writer``: rank 0's :class:`~opt_scale.engine.trackers.Trackers`; None on the other ranks."""
+        self.enabled = writer is not None
         self.total_steps = total_steps
         self.started = time.time()
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir)
+        self.writer = writer
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:

@@ -47,7 +47,7 @@ from .distributed import from_rank0
 log = logging.getLogger(__name__)
 LOCK_FILE = ".opt-train.lock"
 # What a run writes, hence what train.overwrite deletes (the VQ outputs only for a VQ run, which writes them anew).
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "samples", "run_info.jsonl")
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "samples", "run_info.jsonl", "trackers.json")
 VQ_OUTPUTS = ("vq.safetensors", "vq_reconstructions.png")
 
 

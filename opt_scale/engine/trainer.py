@@ -38,6 +38,7 @@ from .preemption import PreemptionHandler
 from .run_dir import claim_run_dir
 from .throughput import batch_train_flops, modality_tokens
 from .state import TrainState, all_rng_states, restore_rng_state
+from .trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,9 @@ class Trainer:
         self.loader = TrainLoader(self.shards, cfg.data, cfg.model, cfg.tasks, self.tokenizer, self.dist_env.rank,
                                   self.world, cfg.train.micro_batch_size, cursor=cursor,
                                   pin_memory=self.device.type == "cuda")
-        self.logger = RunLogger(str(self.out_dir / "tensorboard"), self.dist_env.is_main, cfg.train.steps)
+        trackers = (Trackers(cfg.train.report_to, self.out_dir, to_dict(cfg), resuming=resume_point is not None)
+                    if self.dist_env.is_main else None)
+        self.logger = RunLogger(trackers, cfg.train.steps)
         launch = launch_record(self.world, self.dist_env.launcher, self.state.step)  # collective: every rank's host
         if self.dist_env.is_main:
             record_launch(self.out_dir, launch, self.logger.writer, to_dict(cfg))
