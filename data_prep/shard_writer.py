@@ -1,7 +1,9 @@
 """Deterministic, atomic WebDataset shard writing.
 
-Every tar header field that could vary between runs (mtime, owner, mode) is
-fixed, so the same input yields byte-identical shards. A shard is written as
+The tar itself is written by ``webdataset.TarWriter``, with every header
+field that could vary between runs (mtime, owner, mode) fixed, so the same
+input yields byte-identical shards. What this module adds around it is what
+TarWriter leaves to its caller: atomicity, a checksum, and key checks. A shard is written as
 ``NAME.tmp-<host>-<pid>`` and renamed into place only once complete: a reader
 never sees a half-written shard under its final name. The checksum is computed
 while writing, so finishing a shard never re-reads it.
@@ -10,11 +12,11 @@ while writing, so finishing a shard never re-reads it.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import socket
-import tarfile
 from pathlib import Path
+
+from webdataset import TarWriter
 
 FIXED_MTIME = 0  # 1970-01-01: identical input gives identical bytes
 TMP_MARKER = ".tmp-"
@@ -60,7 +62,8 @@ class ShardWriter:
         self.tmp_path = temp_name(self.path)
         self._file = open(self.tmp_path, "wb")
         self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
+        # encoder=False: members arrive as bytes, written as they are.
+        self._tar = TarWriter(self._hashing, user="", group="", mode=0o444, mtime=FIXED_MTIME, encoder=False)
         self.num_samples = 0
         self.member_bytes: dict[str, int] = {}
         self._keys: set[str] = set()
@@ -72,20 +75,11 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in {self.path.name}")
         self._keys.add(key)
-        # Members of one sample are written contiguously, in a fixed order.
-        for ext in sorted(members):
-            self._add(f"{key}.{ext}", members[ext])
-            self.member_bytes[ext] = self.member_bytes.get(ext, 0) + len(members[ext])
+        # TarWriter writes one sample's members contiguously, in sorted order.
+        self._tar.write({"__key__": key, **members})
+        for ext, data in members.items():
+            self.member_bytes[ext] = self.member_bytes.get(ext, 0) + len(data)
         self.num_samples += 1
-
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = FIXED_MTIME
-        info.mode = 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
 
     def commit(self) -> str:
         """Finish the tar, fsync it and rename it into place; return its sha256."""

@@ -68,6 +68,21 @@ def test_word_error_rate_known_values():
     assert normalise("Hello, World!") == "hello world"
 
 
+def test_word_error_rate_equals_jiwer():
+    """jiwer (the usual WER library) on the same normalised words, corpus-level
+    as ours: insertions, deletions, substitutions, an empty hypothesis."""
+    import jiwer
+    refs = ["In this image I can see a small red circle.", "a large blue square on the left",
+            "the cat sat on the mat", "one two three four five", "a b c d"]
+    hyps = ["in this image i see a small red red circle", "a blue square on the left of a",
+            "the bat sat mat", "", "d c b a"]
+    theirs = jiwer.wer([normalise(r) for r in refs], [normalise(h) for h in hyps])
+    assert wer(hyps, refs) == pytest.approx(100 * theirs, rel=1e-12)
+    for h, r in zip(hyps, refs):
+        counts = jiwer.process_words(normalise(r), normalise(h))
+        assert word_errors(h, r)[0] == counts.substitutions + counts.deletions + counts.insertions
+
+
 def test_cider_prefers_the_right_caption_and_is_zero_for_unrelated():
     refs = [["a small red circle"], ["a large blue square"], ["a small green triangle"]]
     good = cider_d(["a small red circle", "a large blue square", "a small green triangle"], refs)

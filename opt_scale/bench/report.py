@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None, title: str = "") -> None:
+    """Right-aligned plain-text columns: a dozen lines, where tabulate or rich
+    would be a dependency for what benchmarks print once."""
     if not rows:
         print(f"{title}: no rows")
         return
