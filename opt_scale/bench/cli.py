@@ -22,6 +22,7 @@ from .report import write_json
 # subcommand -> module exposing add_arguments(parser) and run(args) -> dict
 # (or None on the ranks that do not report, when srun starts one per rank)
 SUBCOMMANDS: dict[str, str] = {
+    "gpu-check": "opt_scale.bench.gpu_check",
     "kernels": "opt_scale.bench.kernels",
     "learning": "opt_scale.bench.learning",
     "loader": "opt_scale.bench.loader",

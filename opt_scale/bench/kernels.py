@@ -28,6 +28,11 @@ from pathlib import Path
 from .report import plot_lines, print_table
 
 WORKER_FLAG = "--kernels-worker"  # python -m opt_scale.bench.kernels --kernels-worker KIND JSON
+ATTENTION_VARIANTS = {
+    "key_lengths": "ragged key lengths only: the towers and the cross-modal encoder",
+    "causal": "causal: the decoders' self-attention",
+    "segments": "ragged key lengths + 3 segments with a pair rule: modality-separated variants",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attention (CUDA)")
     g.add_argument("--attn-seqs", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     g.add_argument("--attn-tokens", type=int, default=16384, help="batch x sequence per measurement")
+    g.add_argument("--attn-variants", nargs="+", choices=list(ATTENTION_VARIANTS), default=list(ATTENTION_VARIANTS),
+                   help="which masks to time (the model launches key_lengths and causal)")
     g.add_argument("--heads", type=int, default=16)
     g.add_argument("--head-dim", type=int, default=64, choices=[32, 64, 128])
     g.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
@@ -168,50 +175,78 @@ def _loss_worker(spec: dict) -> dict:
 def _interpreter_check() -> dict:
     """Small shapes through the Triton kernels vs float64 PyTorch (TRITON_INTERPRET=1)."""
     import torch
+    return kernel_correctness("cpu", (torch.float32, torch.float16), head_dims=(32,))
+
+
+# Max error relative to the reference's largest magnitude. bf16 keeps 8 mantissa bits (fp16: 11), so
+# rounding the inputs alone moves outputs by ~2^-9 of their scale, gradients (sums of products) more.
+TOLERANCE = {"float32": 5e-6, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+def kernel_correctness(device: str, dtypes: tuple, head_dims: tuple[int, ...] = (32,), long: bool = False) -> dict:
+    """The Triton kernels against float64 PyTorch, forward and every gradient, on
+    the attention variants the model launches (key lengths only: towers and the
+    cross-modal encoder; causal: decoder self-attention; queries shorter than keys
+    with key lengths: decoder cross-attention) plus the segment path, and the
+    masked-token loss. ``device`` cpu runs under the interpreter (small shapes);
+    cuda compiles the kernels (``long``: sequences of the base preset's size)."""
+    import torch
 
     from opt_scale.kernels import attention, masked_linear_cross_entropy
     from opt_scale.kernels.attention import attention_reference
 
     rows = []
     g = torch.Generator().manual_seed(0)
+    L = 1000 if long else 130
     three_segments = torch.tensor([[0] * 21 + [1] * 50 + [2] * 29])  # boundaries off the 32-wide tiles
     cases = {
-        "attention ragged L=130": dict(B=3, Lq=130, Lk=130, kw=dict(key_lengths=torch.tensor([1, 37, 130]))),
-        "attention causal cross 37x130": dict(B=2, Lq=37, Lk=130, kw=dict(causal=True)),
+        f"attention key lengths L={L}": dict(B=3, Lq=L, Lk=L, kw=dict(key_lengths=torch.tensor([1, 37, L]))),
+        f"attention causal L={L // 2}": dict(B=2, Lq=L // 2, Lk=L // 2, kw=dict(causal=True)),
+        f"attention causal 37x{L} (cached decoding)": dict(B=2, Lq=37, Lk=L, kw=dict(causal=True)),
+        f"attention cross 37x{L}, key lengths": dict(B=2, Lq=37, Lk=L, kw=dict(key_lengths=torch.tensor([L, 60]))),
         "attention segments L=100": dict(B=1, Lq=100, Lk=100, kw=dict(
             q_segments=three_segments, k_segments=three_segments,
             allowed_pairs=torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool))),
     }
     for name, c in cases.items():
-        for dtype in (torch.float32, torch.float16):
-            q, k, v = (torch.randn(c["B"], 2, n, 32, generator=g).to(dtype) for n in (c["Lq"], c["Lk"], c["Lk"]))
-            grad = torch.randn(c["B"], 2, c["Lq"], 32, generator=g)
-            got, ref = [], []
-            for backend, cast, sink in (("triton", lambda t: t, got), ("sdpa", lambda t: t.double(), ref)):
-                leaves = [cast(t).detach().requires_grad_() for t in (q, k, v)]
-                fn = attention if backend == "triton" else attention_reference
-                kwargs = {"backend": "triton"} if backend == "triton" else {}
-                out = fn(*leaves, **c["kw"], **kwargs)
-                (out.double() * grad.double()).sum().backward()
-                sink.extend([out, *(t.grad for t in leaves)])
-            errs = [float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(got, ref)]
-            tol = 5e-6 if dtype == torch.float32 else 4e-3
-            rows.append({"check": name, "dtype": str(dtype).split(".")[1], "max_rel_err": max(errs),
-                         "tolerance": tol, "ok": max(errs) <= tol})
+        kw = {k: v.to(device) for k, v in c["kw"].items() if isinstance(v, torch.Tensor)}
+        kw.update({k: v for k, v in c["kw"].items() if not isinstance(v, torch.Tensor)})
+        for D in head_dims:
+            for dtype in dtypes:
+                q, k, v = (torch.randn(c["B"], 2, n, D, generator=g).to(device, dtype)
+                           for n in (c["Lq"], c["Lk"], c["Lk"]))
+                grad = torch.randn(c["B"], 2, c["Lq"], D, generator=g).to(device)
+                got, ref = [], []
+                for backend, cast, sink in (("triton", lambda t: t, got), ("sdpa", lambda t: t.double(), ref)):
+                    leaves = [cast(t).detach().requires_grad_() for t in (q, k, v)]
+                    fn = attention if backend == "triton" else attention_reference
+                    kwargs = {"backend": "triton"} if backend == "triton" else {}
+                    out = fn(*leaves, **kw, **kwargs)
+                    (out.double() * grad.double()).sum().backward()
+                    sink.extend([out, *(t.grad for t in leaves)])
+                errs = [float((a.detach().double() - b).abs().max() / b.abs().max()) for a, b in zip(got, ref)]
+                dname = str(dtype).split(".")[1]
+                rows.append({"check": name, "head_dim": D, "dtype": dname, "max_rel_err": max(errs),
+                             "tolerance": TOLERANCE[dname], "ok": max(errs) <= TOLERANCE[dname]})
     hidden = torch.randn(4, 50, 32, generator=g)
     weight, bias = torch.randn(3000, 32, generator=g) * 0.3, torch.randn(3000, generator=g)
     positions = torch.randperm(200, generator=g)[:30]
     targets = torch.randint(0, 3000, (30,), generator=g)
-    results = []
-    for backend, cast in (("triton", lambda t: t), ("reference", lambda t: t.double())):
-        leaves = [cast(t).detach().requires_grad_() for t in (hidden, weight, bias)]
-        loss, _ = masked_linear_cross_entropy(*leaves, positions, targets, label_smoothing=0.1, backend=backend,
-                                              chunk_rows=8 if backend == "triton" else None)
-        loss.backward()
-        results.append([loss, *(t.grad for t in leaves)])
-    errs = [float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(*results)]
-    rows.append({"check": "masked loss V=3000 (4 row chunks, 3 vocab blocks)", "dtype": "float32", "max_rel_err": max(errs),
-                 "tolerance": 1e-5, "ok": max(errs) <= 1e-5})
+    for dtype in ((torch.float32,) if device == "cpu" else dtypes):
+        results = []
+        for backend, cast in (("triton", lambda t: t.to(device, dtype)), ("reference", lambda t: t.double())):
+            leaves = [cast(t).detach().requires_grad_() for t in (hidden, weight, bias)]
+            loss, _ = masked_linear_cross_entropy(*leaves, positions.to(leaves[0].device),
+                                                  targets.to(leaves[0].device), label_smoothing=0.1,
+                                                  backend=backend, chunk_rows=8 if backend == "triton" else None)
+            loss.backward()
+            results.append([loss, *(t.grad for t in leaves)])
+        errs = [float((a.detach().double().cpu() - b.detach().cpu()).abs().max() / b.detach().abs().max())
+                for a, b in zip(*results)]
+        dname = str(dtype).split(".")[1]
+        tol = 1e-5 if dtype == torch.float32 else TOLERANCE[dname]
+        rows.append({"check": "masked loss V=3000 (4 row chunks, 3 vocab blocks)", "head_dim": 32, "dtype": dname,
+                     "max_rel_err": max(errs), "tolerance": tol, "ok": max(errs) <= tol})
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 
 
@@ -234,11 +269,12 @@ def _compile_check() -> dict:
 def run_cuda(args: argparse.Namespace) -> dict:
     import torch
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    attn = [attention_cuda(args, seq, dtype) for seq in args.attn_seqs]
+    attn = [attention_cuda(args, seq, dtype, variant) for variant in args.attn_variants for seq in args.attn_seqs]
     attn_rows = [r for rows in attn for r in rows]
-    print_table(attn_rows, ["impl", "seq", "pass", "ms", "tflops", "gbps", "peak_mib"],
-                title=f"attention, {args.attn_tokens} tokens, H={args.heads} D={args.head_dim} {args.dtype}, "
-                      f"ragged key lengths, 3 segments (median of {args.repeats})")
+    print_table(attn_rows, ["variant", "impl", "seq", "pass", "ms", "tflops", "gbps", "peak_mib"],
+                title=f"attention, {args.attn_tokens} tokens, H={args.heads} D={args.head_dim} {args.dtype} "
+                      f"(median of {args.repeats}); variants: "
+                      + "; ".join(f"{v}: {ATTENTION_VARIANTS[v]}" for v in args.attn_variants))
     loss_rows = masked_loss_cuda(args, dtype)
     print_table(loss_rows, ["variant", "ms", "tflops", "peak_mib", "speedup", "memory_ratio"],
                 title=f"masked-token loss fwd+bwd, B={args.batch} L={args.seq} D={args.hidden} V={args.vocab}")
@@ -246,7 +282,7 @@ def run_cuda(args: argparse.Namespace) -> dict:
         series = {}
         for r in attn_rows:
             if r["pass"] == "fwd+bwd" and r["tflops"]:
-                xs, ys = series.setdefault(r["impl"], ([], []))
+                xs, ys = series.setdefault(f"{r['impl']} ({r['variant']})", ([], []))
                 xs.append(r["seq"])
                 ys.append(r["tflops"])
         plot_lines(series, "sequence length", "TFLOP/s (dense-equivalent)", "attention fwd+bwd", args.plot)
@@ -275,7 +311,7 @@ def _cuda_time(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), peak
 
 
-def attention_cuda(args, seq: int, dtype) -> list[dict]:
+def attention_cuda(args, seq: int, dtype, variant: str = "segments") -> list[dict]:
     import torch
     import torch.nn.functional as F
 
@@ -285,18 +321,25 @@ def attention_cuda(args, seq: int, dtype) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, H, seq, D, device="cuda", dtype=dtype, generator=g).requires_grad_() for _ in range(3))
     lengths = torch.randint(seq // 2, seq + 1, (B,), device="cuda", generator=g)
-    cut = [int(seq * 0.25), int(seq * 0.75)]  # [text | image | audio]
-    seg = torch.cat([torch.full((c,), i, device="cuda") for i, c in enumerate([cut[0], cut[1] - cut[0], seq - cut[1]])])
-    seg = seg.expand(B, seq).contiguous()
-    allowed = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool, device="cuda")
-    kw = dict(key_lengths=lengths, q_segments=seg, k_segments=seg, allowed_pairs=allowed)
+    seg = allowed = None
+    if variant == "causal":
+        kw = dict(causal=True)
+    elif variant == "key_lengths":
+        kw = dict(key_lengths=lengths)
+    else:
+        cut = [int(seq * 0.25), int(seq * 0.75)]  # [text | image | audio]
+        seg = torch.cat([torch.full((c,), i, device="cuda")
+                         for i, c in enumerate([cut[0], cut[1] - cut[0], seq - cut[1]])])
+        seg = seg.expand(B, seq).contiguous()
+        allowed = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool, device="cuda")
+        kw = dict(key_lengths=lengths, q_segments=seg, k_segments=seg, allowed_pairs=allowed)
     grad = torch.randn_like(q)
     impls = {
         "triton": lambda: attention(q, k, v, **kw, backend="triton"),
         "sdpa+mask": lambda: attention(q, k, v, **kw, backend="sdpa"),
-        "sdpa no mask (ceiling)": lambda: F.scaled_dot_product_attention(q, k, v),
+        "sdpa no mask (ceiling)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=variant == "causal"),
     }
-    flex = _flex_attention(B, seq, lengths, seg, allowed)
+    flex = _flex_attention(B, seq, lengths if variant != "causal" else None, seg, allowed)
     if flex is not None:
         impls["flex_attention"] = lambda: flex(q, k, v)
     # Dense-equivalent FLOPs (the convention FlashAttention reports): 2 matmuls of 2*L*L*D per head forward,
@@ -309,17 +352,17 @@ def attention_cuda(args, seq: int, dtype) -> list[dict]:
     for name, fn in impls.items():
         try:
             ms, peak = _cuda_time(fn, args.repeats)
-            rows.append(dict(impl=name, seq=seq, **{"pass": "fwd"}, ms=ms, tflops=fwd_flops / ms / 1e9,
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd"}, ms=ms, tflops=fwd_flops / ms / 1e9,
                              gbps=fwd_bytes / ms / 1e6, peak_mib=peak))
 
             def fwd_bwd(fn=fn):
                 q.grad = k.grad = v.grad = None
                 fn().backward(grad)
             ms, peak = _cuda_time(fwd_bwd, args.repeats)
-            rows.append(dict(impl=name, seq=seq, **{"pass": "fwd+bwd"}, ms=ms, tflops=3.5 * fwd_flops / ms / 1e9,
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd+bwd"}, ms=ms, tflops=3.5 * fwd_flops / ms / 1e9,
                              gbps=(fwd_bytes + bwd_bytes) / ms / 1e6, peak_mib=peak))
         except Exception as exc:  # e.g. out of memory for the N x N mask at long sequences
-            rows.append(dict(impl=name, seq=seq, **{"pass": "error"}, ms=None, tflops=None, gbps=None,
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "error"}, ms=None, tflops=None, gbps=None,
                              peak_mib=None, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
             torch.cuda.empty_cache()
     return rows
@@ -334,6 +377,10 @@ def _flex_attention(B: int, seq: int, lengths, seg, allowed):
         return None
 
     def rule(b, h, qi, ki):
+        if lengths is None:
+            return ki <= qi  # causal
+        if seg is None:
+            return ki < lengths[b]
         return (ki < lengths[b]) & allowed[seg[b, qi], seg[b, ki]]
 
     block_mask = create_block_mask(rule, B, None, seq, seq, device="cuda")

@@ -117,6 +117,7 @@ class StepTimings:
     flops: dict[str, float]          # part -> training FLOPs this rank did per engine (timed steps)
     samples: int                     # samples this rank trained on per engine (timed steps)
     profiles: dict[str, str] = field(default_factory=dict)  # engine -> top functions (with spec.profile)
+    final_loss: dict[str, float] = field(default_factory=dict)  # engine -> its loss at the last step, this rank
 
 
 def sync(device: torch.device) -> None:
@@ -161,6 +162,7 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
                 profiler.disable()
             if timed:
                 timings.step_s[name].append(time.perf_counter() - t0)
+                timings.final_loss[name] = float(out["loss"].detach())  # after the sync above: no extra wait
         if timed:
             timings.data_s.append(fetched - started)
             timings.samples += len(batch["keys"])
@@ -238,6 +240,7 @@ def _report(spec: ProbeSpec, cfg, engines: dict, stages: dict[str, int], timings
         "world_size": world, "launcher": dist_env.launcher, "preset": spec.preset, "precision": precision,
         "micro_batch_size": cfg.train.micro_batch_size, "steps": spec.steps, "warmup": spec.warmup,
         "data_workers_per_rank": cfg.data.num_workers, "engines": results,
+        "final_loss": timings.final_loss,  # rank 0's
         "loop_s": timings.loop_s, "samples": samples,
         # The whole timed loop (fetch + every engine's step), as the trainer's throughput/* scalars see it.
         "loop_samples_per_s": samples / timings.loop_s,
