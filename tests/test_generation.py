@@ -2,6 +2,7 @@
 
 import itertools
 
+import pytest
 import torch
 
 from opt_scale.model.config import TransformerShape
@@ -11,9 +12,10 @@ from opt_scale.model.generation import OPTGenerator, beam_search, greedy
 from .model_fixtures import demo_batch, small_config, small_pretrainer
 
 
-def tiny_decoder(vocab=6, max_len=6, seed=0):
+def tiny_decoder(vocab=6, max_len=6, seed=0, qk_norm=False):
     torch.manual_seed(seed)
-    dec = CausalDecoder(TransformerShape(layers=2, hidden=16, heads=2, ffn=32), vocab, max_len, 16).eval()
+    dec = CausalDecoder(TransformerShape(layers=2, hidden=16, heads=2, ffn=32, qk_norm=qk_norm), vocab, max_len,
+                        16).eval()
     with torch.no_grad():  # a peaky distribution makes search order matter
         dec.tokens.weight.mul_(20)
     memory = torch.randn(2, 5, 16)
@@ -28,9 +30,10 @@ def logprob(dec, memory, lengths, seq, bos):
     return float(logp[0, torch.arange(len(seq)), torch.tensor(seq)].sum())
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @torch.no_grad()
-def test_greedy_with_kv_cache_equals_recomputing_the_prefix():
-    dec, memory, lengths = tiny_decoder(vocab=9, max_len=8)
+def test_greedy_with_kv_cache_equals_recomputing_the_prefix(qk_norm):
+    dec, memory, lengths = tiny_decoder(vocab=9, max_len=8, qk_norm=qk_norm)
     bos, eos = 7, 8
     cached = greedy(dec, memory, lengths, bos, eos, max_len=8)
     for b in range(2):

@@ -20,6 +20,7 @@ class TransformerShape:
     heads: int = 4               # attention heads (hidden must divide by it)
     ffn: int = 512               # feed-forward width
     dropout: float = 0.1         # the public OPT code: 0.1 in the encoders (0.2 in the decoders, below)
+    qk_norm: bool = False        # cosine attention with a learned per-head scale (layers.QKNorm); OPT: dot product
 
     def check(self, key: str) -> None:
         require(self.layers >= 0, f"{key}.layers", "must be >= 0")

@@ -37,7 +37,7 @@ class CrossModalEncoder(nn.Module):
         # changed no held-out figure measurably.
         self.summary = nn.Parameter(torch.randn(3, cfg.hidden) * INIT_STD) if cfg.summary_tokens else None
         self.prefix = 1 + (3 if cfg.summary_tokens else 0)
-        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)
+        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, cfg.qk_norm)
 
     def forward(self, text, text_valid, image, image_valid, audio, audio_valid):
         """Returns plain tensors (ZeRO-3's hooks must see a module's outputs);

@@ -10,6 +10,7 @@ write into an empty shard.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,12 +73,43 @@ class Embedding(nn.Embedding):
         self._fill_padding_idx_with_zero()
 
 
+# Cosine attention's per-head scale: where it starts, and the largest it may grow to (Swin Transformer v2).
+QK_SCALE_INIT = 10.0
+QK_SCALE_MAX = 100.0
+
+
+class QKNorm(nn.Module):
+    """Cosine attention (Swin Transformer v2; ViT-22B and OLMo 2 normalise
+    queries and keys the same way): each head's logits are a learned scale
+    times cos(q, k), instead of q.k / sqrt(d).
+
+    Why: with std-0.02 projections, q.k / sqrt(d) starts near zero for every
+    pair, so attention starts uniform: each query reads the mean of the keys'
+    values, and learning *where* to look waits for the projections to grow.
+    What a caption needs from an image (the shape of a small object) is on a
+    few tokens; the mean dilutes it. Here logits start at the scale (10) times
+    random cosines, so attention is selective from the first step and
+    learning moves it, not its temperature. ``model.<part>.qk_norm``."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.full((heads,), math.log(QK_SCALE_INIT)))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor | None = None):
+        """q [B, H, Lq, d], k [B, H, Lk, d] -> (scaled unit queries, unit keys), for attention at
+        scale 1; k None: the keys are normalised elsewhere (cached memory keys). Called as a module
+        (never a bare method), so ZeRO-3's hooks gather the scale."""
+        scale = self.log_scale.clamp(max=math.log(QK_SCALE_MAX)).exp().to(q.dtype)[:, None, None]
+        return F.normalize(q, dim=-1) * scale, None if k is None else F.normalize(k, dim=-1)
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int):
+    def __init__(self, hidden: int, heads: int, qk_norm: bool = False):
         super().__init__()
         self.heads = heads
         self.qkv = Linear(hidden, 3 * hidden)
         self.out = Linear(hidden, hidden)
+        self.qk_norm = QKNorm(heads) if qk_norm else None
 
     def forward(self, x: torch.Tensor, *, key_lengths=None, causal: bool = False,
                 segments=None, allowed_pairs=None, cache: dict | None = None,
@@ -96,25 +128,30 @@ class SelfAttention(nn.Module):
         B, L, D3 = qkv.shape
         D = D3 // 3
         q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        scale = None
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
+            scale = 1.0
         if cache is not None:  # incremental decoding: keys/values of earlier steps
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         o = attention(q, k, v, key_lengths=key_lengths, causal=causal, q_segments=segments,
-                      k_segments=segments, allowed_pairs=allowed_pairs)
+                      k_segments=segments, allowed_pairs=allowed_pairs, scale=scale)
         return o.transpose(1, 2).reshape(B, L, D)
 
 
 class CrossAttention(nn.Module):
     """Queries from the decoder, keys/values from an encoder's output."""
 
-    def __init__(self, hidden: int, heads: int, memory_hidden: int | None = None):
+    def __init__(self, hidden: int, heads: int, memory_hidden: int | None = None, qk_norm: bool = False):
         super().__init__()
         self.heads = heads
         self.q = Linear(hidden, hidden)
         self.kv = Linear(memory_hidden or hidden, 2 * hidden)
         self.out = Linear(hidden, hidden)
+        self.qk_norm = QKNorm(heads) if qk_norm else None
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_lengths=None,
                 cache: dict | None = None) -> torch.Tensor:
@@ -126,9 +163,15 @@ class CrossAttention(nn.Module):
         else:
             M = memory.shape[1]
             k, v = self.kv(memory).view(B, M, 2, h, D // h).permute(2, 0, 3, 1, 4)
+            if self.qk_norm is not None:
+                k = F.normalize(k, dim=-1)
             if cache is not None:
                 cache["mk"], cache["mv"] = k, v
-        o = attention(q, k, v, key_lengths=memory_lengths)
+        scale = None
+        if self.qk_norm is not None:
+            q, _ = self.qk_norm(q)  # the keys are normalised above, once per sequence
+            scale = 1.0
+        o = attention(q, k, v, key_lengths=memory_lengths, scale=scale)
         return self.out(o.transpose(1, 2).reshape(B, L, D))
 
 
@@ -144,10 +187,10 @@ class FeedForward(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, qk_norm: bool = False):
         super().__init__()
         self.norm1 = LayerNorm(hidden)
-        self.attn = SelfAttention(hidden, heads)
+        self.attn = SelfAttention(hidden, heads, qk_norm)
         self.norm2 = LayerNorm(hidden)
         self.ffn = FeedForward(hidden, ffn, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -162,12 +205,13 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Causal self-attention, cross-attention to memory, feed-forward."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, memory_hidden: int | None = None):
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, memory_hidden: int | None = None,
+                 qk_norm: bool = False):
         super().__init__()
         self.norm1 = LayerNorm(hidden)
-        self.self_attn = SelfAttention(hidden, heads)
+        self.self_attn = SelfAttention(hidden, heads, qk_norm)
         self.norm2 = LayerNorm(hidden)
-        self.cross_attn = CrossAttention(hidden, heads, memory_hidden)
+        self.cross_attn = CrossAttention(hidden, heads, memory_hidden, qk_norm)
         self.norm3 = LayerNorm(hidden)
         self.ffn = FeedForward(hidden, ffn, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -211,9 +255,9 @@ def enable_activation_checkpointing(module: nn.Module) -> int:
 
 
 class EncoderStack(nn.Module):
-    def __init__(self, layers: int, hidden: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, layers: int, hidden: int, heads: int, ffn: int, dropout: float, qk_norm: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(EncoderBlock(hidden, heads, ffn, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(EncoderBlock(hidden, heads, ffn, dropout, qk_norm) for _ in range(layers))
         self.norm = LayerNorm(hidden)
         self.recompute = False  # see enable_activation_checkpointing
 

@@ -55,7 +55,7 @@ class TokenTower(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(cfg.hidden) * INIT_STD) if maskable else None
         self.embed_norm = LayerNorm(cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout)
+        self.encoder = EncoderStack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, cfg.qk_norm)
         self.proj = Linear(cfg.hidden, out_hidden) if cfg.hidden != out_hidden else nn.Identity()
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
