@@ -31,12 +31,17 @@ def layer_norm(d: int) -> int:
     return 2 * d
 
 
+def qk_norm(s: TransformerShape) -> int:
+    """One attention's cosine-attention scales (layers.QKNorm): one per head."""
+    return s.heads if s.qk_norm else 0
+
+
 def encoder_block(d: int, f: int) -> int:
     return layer_norm(d) + linear(d, 3 * d) + linear(d, d) + layer_norm(d) + linear(d, f) + linear(f, d)
 
 
 def encoder_stack(s: TransformerShape) -> int:
-    return s.layers * encoder_block(s.hidden, s.ffn) + layer_norm(s.hidden)
+    return s.layers * (encoder_block(s.hidden, s.ffn) + qk_norm(s)) + layer_norm(s.hidden)
 
 
 def projection(d: int, out: int) -> int:
@@ -110,7 +115,7 @@ def part_parameters(cfg: ModelConfig, mvm_regress: bool = False, contrastive_dim
     for name, dec, dec_vocab, dec_len in (("text_decoder", cfg.text_decoder, V, t.max_len),
                                           ("image_decoder", cfg.image_decoder, K + 1, v.num_patches)):
         h = dec.hidden
-        parts[name] = (dec_vocab * h + dec_len * h + dec.layers * decoder_block(h, dec.ffn, d)
+        parts[name] = (dec_vocab * h + dec_len * h + dec.layers * (decoder_block(h, dec.ffn, d) + 2 * qk_norm(dec))
                        + layer_norm(h) + dec_vocab)
     parts["heads"] = ((linear(d, d) + layer_norm(d) + V)                   # MLM (projection tied to the text embedding)
                       + (linear(d, d) + layer_norm(d) + K * d + K)         # MVM

@@ -74,7 +74,7 @@ class Embedding(nn.Embedding):
 
 
 # Cosine attention's per-head scale: where it starts, and the largest it may grow to (Swin Transformer v2).
-QK_SCALE_INIT = 10.0
+QK_SCALE_INIT = 5.0
 QK_SCALE_MAX = 100.0
 
 
@@ -87,7 +87,7 @@ class QKNorm(nn.Module):
     pair, so attention starts uniform: each query reads the mean of the keys'
     values, and learning *where* to look waits for the projections to grow.
     What a caption needs from an image (the shape of a small object) is on a
-    few tokens; the mean dilutes it. Here logits start at the scale (10) times
+    few tokens; the mean dilutes it. Here logits start at the scale (5) times
     random cosines, so attention is selective from the first step and
     learning moves it, not its temperature. ``model.<part>.qk_norm``."""
 
