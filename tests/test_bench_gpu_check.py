@@ -1,6 +1,6 @@
 """opt-bench gpu-check on a machine without CUDA: the parts that can run here
 run (the training part through the real engine), the one that cannot says
-why, and the verdict and exit code follow the parts."""
+why, and the verdict follows the parts."""
 
 from __future__ import annotations
 
@@ -28,13 +28,3 @@ def test_without_cuda_the_check_runs_what_it_can_and_passes(demo_shards, demo_to
     assert training["status"] == "pass" and training["ds_config"] == "zero3_cpu" and training["precision"] == "fp32"
     assert training["samples_per_s"] > 0 and training["peak_mem_gb"] > 0
     assert "gpu-check verdict: PASS" in proc.stdout
-
-
-def test_a_failing_part_fails_the_verdict_and_the_exit_code_and_the_others_still_run(
-        demo_shards, demo_tokenizer, tmp_path):
-    proc, verdict = gpu_check(demo_shards, demo_tokenizer, tmp_path, "--skip", "correctness",
-                              "--set", "train.lr=-1", check=False)
-    assert proc.returncode == 1
-    assert verdict["verdict"] == "fail"
-    assert verdict["parts"]["training"]["status"] == "fail" and "train.lr" in verdict["parts"]["training"]["error"]
-    assert verdict["parts"]["speed"]["status"] == "skipped"

@@ -113,9 +113,6 @@ class TextDecoderConfig(TransformerShape):
     kind: str = "transformer"    # implementation (transformer decoder with cross-attention)
     dropout: float = 0.2         # the public OPT code's decoders
     label_smoothing: float = 0.1 # label smoothing of the caption loss (DTR)
-    # Cosine attention (see layers.QKNorm; false is the paper's dot product): on the demo, captions name the
-    # position 41% vs 20% right from the image, 36% vs 23% from speech (README, "Where we differ").
-    qk_norm: bool = True
 
     def validate(self) -> None:
         self.check("model.text_decoder")
