@@ -2,8 +2,8 @@
 
 The tar itself is written by ``webdataset.TarWriter``, with every header
 field that could vary between runs (mtime, owner, mode) fixed, so the same
-input yields byte-identical shards. What this module adds around it is what
-TarWriter leaves to its caller: atomicity, a checksum, and key checks. A shard is written as
+input yields byte-identical shards. This module adds what TarWriter leaves
+to its caller: atomicity, a checksum, and key checks. A shard is written as
 ``NAME.tmp-<host>-<pid>`` and renamed into place only once complete: a reader
 never sees a half-written shard under its final name. The checksum is computed
 while writing, so finishing a shard never re-reads it.

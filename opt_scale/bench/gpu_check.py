@@ -21,19 +21,13 @@ the tests. The verdict is ``pass`` when every part that ran passed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .launch import add_data_arguments, data_overrides
 from .report import print_table
-
-WORKER_FLAG = "--gpu-check-worker"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "--preset", dest="preset", default="base",
@@ -93,8 +87,9 @@ def correctness(args: argparse.Namespace, device: str) -> dict:
 
         from .kernels import kernel_correctness
         out = kernel_correctness("cuda", (torch.float16, torch.bfloat16), head_dims=(64, 80, 128), long=True)
-    else:  # the interpreter is a process-wide switch: a subprocess of its own
-        out = _worker("correctness", {"TRITON_INTERPRET": "1"})
+    else:
+        from .kernels import interpreter_check
+        out = interpreter_check(head_dims=(32, 80))
     print_table(out["rows"], ["check", "head_dim", "dtype", "max_rel_err", "tolerance", "ok"],
                 title=f"kernel correctness vs float64 ({'compiled' if device == 'cuda' else 'Triton interpreter'})")
     failed = [r for r in out["rows"] if not r["ok"]]
@@ -122,10 +117,10 @@ def speed(args: argparse.Namespace, device: str) -> dict:
     speedups = {v: ms[(v, "sdpa+mask")] / ms[(v, "triton")] for v in ("key_lengths", "causal")
                 if ms.get((v, "triton")) and ms.get((v, "sdpa+mask"))}
     slow = {v: s for v, s in speedups.items() if s < args.min_speedup}
-    status = "pass" if speedups and not slow else "fail"
-    return {"status": status, "attention": rows, "masked_loss": loss_rows, "speedup_vs_sdpa_mask": speedups,
-            **({"why": f"Triton slower than SDPA+mask x{args.min_speedup}: {slow}"} if slow else {}),
-            **({"why": "no attention timing completed"} if not speedups else {})}
+    why = ("no attention timing completed" if not speedups
+           else f"Triton slower than SDPA+mask x{args.min_speedup}: {slow}" if slow else None)
+    return {"status": "fail" if why else "pass", "attention": rows, "masked_loss": loss_rows,
+            "speedup_vs_sdpa_mask": speedups, **({"why": why} if why else {})}
 
 
 def training(args: argparse.Namespace, device: str) -> dict:
@@ -147,29 +142,3 @@ def training(args: argparse.Namespace, device: str) -> dict:
     finite = bool(losses) and all(math.isfinite(v) for v in losses.values())
     return {"status": "pass" if finite else "fail", "preset": args.preset, "precision": precision,
             "final_loss": losses, **row, **({"why": f"loss at the last step: {losses}"} if not finite else {})}
-
-
-# -- subprocess plumbing ----------------------------------------------------
-
-def _worker(kind: str, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "opt_scale.bench.gpu_check", WORKER_FLAG, kind],
-                          capture_output=True, text=True, env={**os.environ, **env})
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed: {proc.stderr[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _worker_main(kind: str) -> int:
-    if kind != "correctness":
-        raise SystemExit(f"unknown worker {kind}")
-    import torch
-
-    from .kernels import kernel_correctness
-    print(json.dumps(kernel_correctness("cpu", (torch.float32, torch.float16), head_dims=(32, 80)), default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
-        sys.exit(_worker_main(sys.argv[2]))
-    sys.exit(f"use: opt-bench gpu-check (this module's {WORKER_FLAG} is internal)")

@@ -71,7 +71,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
     # shared machines: the load says how far the times can be trusted
     result: dict = {"device": "cpu", "ok": True, "load_average_before": os.getloadavg()}
     if not args.skip_interpreter_check:
-        result["interpreter_check"] = _subprocess_json("interpreter-check", {}, {"TRITON_INTERPRET": "1"})
+        result["interpreter_check"] = interpreter_check()
         print_table(result["interpreter_check"]["rows"], title="Triton kernels under the interpreter vs float64")
         result["ok"] &= result["interpreter_check"]["ok"]
     if not args.skip_compile_check:
@@ -172,10 +172,11 @@ def _loss_worker(spec: dict) -> dict:
             "loss": loss}
 
 
-def _interpreter_check() -> dict:
-    """Small shapes through the Triton kernels vs float64 PyTorch (TRITON_INTERPRET=1)."""
-    import torch
-    return kernel_correctness("cpu", (torch.float32, torch.float16), head_dims=(32,))
+def interpreter_check(head_dims: tuple[int, ...] = (32,)) -> dict:
+    """:func:`kernel_correctness` at small shapes under the Triton interpreter, in a subprocess
+    of its own (TRITON_INTERPRET is a process-wide switch); fp32 and fp16 (the interpreter's
+    bf16 ``tl.dot`` is not exact)."""
+    return _subprocess_json("interpreter-check", {"head_dims": list(head_dims)}, {"TRITON_INTERPRET": "1"})
 
 
 # Max error relative to the reference's largest magnitude. bf16 keeps 8 mantissa bits (fp16: 11), so
@@ -209,8 +210,7 @@ def kernel_correctness(device: str, dtypes: tuple, head_dims: tuple[int, ...] = 
             allowed_pairs=torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool))),
     }
     for name, c in cases.items():
-        kw = {k: v.to(device) for k, v in c["kw"].items() if isinstance(v, torch.Tensor)}
-        kw.update({k: v for k, v in c["kw"].items() if not isinstance(v, torch.Tensor)})
+        kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in c["kw"].items()}
         for D in head_dims:
             for dtype in dtypes:
                 q, k, v = (torch.randn(c["B"], 2, n, D, generator=g).to(device, dtype)
@@ -352,18 +352,19 @@ def attention_cuda(args, seq: int, dtype, variant: str = "segments") -> list[dic
     for name, fn in impls.items():
         try:
             ms, peak = _cuda_time(fn, args.repeats)
-            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd"}, ms=ms, tflops=fwd_flops / ms / 1e9,
-                             gbps=fwd_bytes / ms / 1e6, peak_mib=peak))
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd"}, ms=ms,
+                             tflops=fwd_flops / ms / 1e9, gbps=fwd_bytes / ms / 1e6, peak_mib=peak))
 
             def fwd_bwd(fn=fn):
                 q.grad = k.grad = v.grad = None
                 fn().backward(grad)
             ms, peak = _cuda_time(fwd_bwd, args.repeats)
-            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd+bwd"}, ms=ms, tflops=3.5 * fwd_flops / ms / 1e9,
-                             gbps=(fwd_bytes + bwd_bytes) / ms / 1e6, peak_mib=peak))
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "fwd+bwd"}, ms=ms,
+                             tflops=3.5 * fwd_flops / ms / 1e9, gbps=(fwd_bytes + bwd_bytes) / ms / 1e6,
+                             peak_mib=peak))
         except Exception as exc:  # e.g. out of memory for the N x N mask at long sequences
-            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "error"}, ms=None, tflops=None, gbps=None,
-                             peak_mib=None, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+            rows.append(dict(impl=name, variant=variant, seq=seq, **{"pass": "error"}, ms=None, tflops=None,
+                             gbps=None, peak_mib=None, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
             torch.cuda.empty_cache()
     return rows
 
@@ -483,7 +484,8 @@ def _worker_main(argv: list[str]) -> int:
     if kind == "loss":
         out = _loss_worker(spec)
     elif kind == "interpreter-check":
-        out = _interpreter_check()
+        import torch
+        out = kernel_correctness("cpu", (torch.float32, torch.float16), head_dims=tuple(spec["head_dims"]))
     else:
         raise SystemExit(f"unknown worker {kind}")
     print(json.dumps(out, default=float))

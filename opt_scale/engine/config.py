@@ -34,7 +34,7 @@ class TrainConfig:
     checkpoint_every: int = 100      # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 3        # newest complete checkpoints kept (0: keep all)
     log_every: int = 10              # steps between TensorBoard/console logs
-    report_to: tuple[str, ...] = ("tensorboard",)  # where rank 0 logs: any of tensorboard, wandb, mlflow (engine/trackers.py)
+    report_to: tuple[str, ...] = ("tensorboard",)  # where rank 0 logs: tensorboard, wandb, mlflow (trackers.py)
     max_bad_steps: int = 5           # consecutive non-finite losses before aborting
     eval_every: int = 0              # steps between evaluations on data.eval_shards (0: never)
     eval_samples: int = 64           # held-out samples each evaluation uses

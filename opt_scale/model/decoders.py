@@ -34,8 +34,9 @@ class CausalDecoder(nn.Module):
         self.label_smoothing = label_smoothing
         self.tokens = Embedding(vocab, cfg.hidden)
         self.positions = Embedding(max_len, cfg.hidden)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, memory_hidden, cfg.qk_norm)
-                                    for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            DecoderBlock(cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, memory_hidden, cfg.qk_norm)
+            for _ in range(cfg.layers))
         self.norm = LayerNorm(cfg.hidden)
         self.out_bias = nn.Parameter(torch.zeros(vocab))
         self.recompute = False  # see layers.enable_activation_checkpointing
