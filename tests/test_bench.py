@@ -57,7 +57,7 @@ def test_step_bench_runs_in_place_on_every_srun_task_and_rank0_reports(demo_shar
         env = {**os.environ, "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PYTHONWARNINGS": "ignore"}
         cmd = [str(BIN / "opt-bench"), "step", "--shards", str(demo_shards / "demo-index.json"), "--tokenizer",
-               str(demo_tokenizer), "--steps", "2", "--warmup", "1", "--data-workers", "0",
+               str(demo_tokenizer), "--steps", "2", "--warmup", "1", "--workers", "0",
                "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / f"step{rank}.json"),
                "--set", "train.micro_batch_size=4"]
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

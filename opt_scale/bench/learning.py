@@ -32,12 +32,14 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=512, help="demo triplets")
     p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
     p.add_argument("--ranks", type=int, default=1, help="training processes (torchrun, ZeRO-3 over gloo)")
-    p.add_argument("--out-dir", default="runs/bench/learning", help="the training run's directory")
+    p.add_argument("--work-dir", "--out-dir", dest="work_dir", default="runs/bench/learning",
+                   help="the training run's directory (--out-dir: the old name)")
     p.add_argument("--ablate", action="append", default=[], choices=TASKS, metavar="TASK",
                    help=f"train without this task (weight 0; repeatable): one of {', '.join(TASKS)}")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout of every tower and decoder (the demo's 0; the presets' is the paper's 0.1)")
-    p.add_argument("--eval-samples", type=int, default=0, help="held-out samples evaluated (0: all)")
+    p.add_argument("--max-samples", "--eval-samples", dest="max_samples", type=int, default=0,
+                   help="held-out samples evaluated (0: all; --eval-samples: the old name)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the run")
 
@@ -45,12 +47,12 @@ def add_arguments(p) -> None:
 def run(args) -> dict:
     from opt_scale.demo import prepare
     assets = prepare(args.demo_dir, args.n)
-    out = Path(args.out_dir)
+    out = Path(args.work_dir)
     # Each run starts fresh, but only a directory this benchmark made is ever
-    # deleted: an --out-dir pointing at a real run must not wipe it.
+    # deleted: a --work-dir pointing at a real run must not wipe it.
     marker = out / ".opt-bench-learning"
     if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise SystemExit(f"opt-bench learning: --out-dir {out} exists and was not made by this benchmark; "
+        raise SystemExit(f"opt-bench learning: --work-dir {out} exists and was not made by this benchmark; "
                          "pass a new directory")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -90,7 +92,7 @@ def run(args) -> dict:
         series["matching accuracy"] = ([s for s, _ in scalars["acc/matching"]], [v for _, v in scalars["acc/matching"]])
         plot_lines(series, "step", "loss / first loss  (accuracy as is)", "OPT-tiny learning on the demo data",
                    args.plot)
-    content = held_out_content(out, assets.heldout, args.eval_samples)
+    content = held_out_content(out, assets.heldout, args.max_samples)
     ok = all(r["end/start"] < 0.9 for r in rows if r["task"] not in args.ablate) and acc_end > 0.3
     return {"ok": ok, "steps": args.steps, "ranks": args.ranks, "minutes": minutes, "ablate": args.ablate,
             "tasks": rows, "matching_accuracy": {"start": acc_start, "end": acc_end, "content_blind": blind},

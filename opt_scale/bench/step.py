@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ds-config", default="auto",
                    help="DeepSpeed config: a name in ds_configs/ or a path (auto: zero3_gpu on CUDA, zero3_cpu "
                         "else); NAME+dotted.key=VALUE changes keys of it for this run")
-    p.add_argument("--data-workers", type=int, default=1, help="loader workers per rank (data.num_workers)")
+    p.add_argument("--workers", "--data-workers", dest="workers", type=int, default=1,
+                   help="loader workers per rank (data.num_workers; --data-workers: the old name)")
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> dict | None:
     ds_config = resolve_path(args.ds_config).stem if args.ds_config == "auto" else args.ds_config
     spec = ProbeSpec(preset=args.preset, ds_configs=resolve_ds_configs([ds_config], work),
                      steps=args.steps, warmup=args.warmup,
-                     overrides=[*data_overrides(args), f"data.num_workers={args.data_workers}", *args.overrides],
+                     overrides=[*data_overrides(args), f"data.num_workers={args.workers}", *args.overrides],
                      work_dir=str(work), peak_tflops=args.peak_tflops, profile=args.profile)
     probes = run_probes(spec, args, work)
     if probes is None:
