@@ -3,10 +3,13 @@
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from opt_scale.data.collate import Collator, mel_on_device
 from opt_scale.data.config import DataConfig
+from opt_scale.data.decode import ABSENT_AUDIO_FRAMES, DecodedSample
 from opt_scale.data.loader import DataCursor, TrainLoader
 from opt_scale.data.masking import PAIR_LABELS
 from opt_scale.data.plan import EpochPlan, Layout
@@ -77,6 +80,31 @@ def test_batches_hold_every_task_input(demo_shards, demo_tokenizer):
         else:  # one modality left out: the label says whether the remaining pair agrees
             assert keep.sum() == 2
             assert label == PAIR_LABELS[int((~keep).nonzero())][cls]
+
+
+def test_mel_on_device_ships_waveforms_that_become_the_loaders_own_features(demo_shards, demo_tokenizer):
+    """data.mel_on_device: workers ship waveforms; collate.mel_on_device turns
+    them into exactly the log-mel the workers would have computed, with the
+    same frame counts and masks; a sample without audio keeps its zero frames."""
+    on = make_loader(demo_shards, demo_tokenizer, 0, 1, 0, mel_on_device=True)
+    off = make_loader(demo_shards, demo_tokenizer, 0, 1, 0)
+    for _ in range(2):
+        shipped, want = next(on), next(off)
+        assert "mel" not in shipped and shipped["wave"].shape[0] == 4
+        got = mel_on_device(shipped, 80)
+        assert got.keys() == want.keys() and got["keys"] == want["keys"]
+        torch.testing.assert_close(got["mel"], want["mel"], rtol=0, atol=1e-5)
+        for name in ("mel_len", "mam_mask", "mlm_input_ids", "match_label"):
+            assert torch.equal(got[name], want[name]), name
+    # A caption-only row (an image-text pair) next to one with audio.
+    cfg, tok = tiny(), Tokenizer(str(demo_tokenizer))
+    rows = [DecodedSample("a", "x", np.array([tok.bos_id, tok.eos_id]), torch.zeros(3, 128, 128, dtype=torch.uint8),
+                          None, wave=torch.randn(16_000) * 0.1),
+            DecodedSample("b", "y", np.array([tok.bos_id, tok.eos_id]), torch.zeros(3, 128, 128, dtype=torch.uint8),
+                          None, present=np.array([True, True, False]), wave=torch.zeros(0))]
+    batch = mel_on_device(Collator(cfg.model, cfg.tasks, tok, 0)(rows, 0), 80)
+    assert batch["mel_len"].tolist() == [101, ABSENT_AUDIO_FRAMES]
+    assert batch["mel"][1].abs().max() == 0 and batch["mel"][0, :101].abs().min() > 0
 
 
 def test_same_seed_same_stream_and_masks(demo_shards, demo_tokenizer):

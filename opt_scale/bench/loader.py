@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio format of the shards (opt-shards build --audio-format)")
     p.add_argument("--work-dir", default="runs/bench/loader", help="inputs, shards and tokenizer are cached here")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage cost table")
+    p.add_argument("--mel-on-device", action="store_true",
+                   help="data.mel_on_device: the sharded loader ships waveforms; the log-mel it no longer "
+                        "computes is timed on --device")
+    p.add_argument("--device", default="cpu", help="where --mel-on-device's log-mel is timed (cpu, cuda)")
     p.add_argument("--target", type=float, default=200.0, help="samples/s per core goal of the sharded loader")
     p.add_argument("--target-speedup", type=float, default=5.0, help="goal for sharded / naive throughput")
 
@@ -98,6 +102,10 @@ def run(args: argparse.Namespace) -> dict:
         best_speedup = max(r["speedup_cpu"] for r in result["speedup"])
         verdicts.append(_verdict("sharded / naive, per CPU-second", best_speedup, args.target_speedup))
     result["targets"] = verdicts
+    if args.mel_on_device and "sharded" in loaders:
+        result["mel_on_device_ms_per_sample"] = device_mel_ms(setup, args.device)
+        print(f"log-mel on {args.device}, moved out of the workers: "
+              f"{result['mel_on_device_ms_per_sample']:.2f} ms per sample")
     if not args.no_stages:
         from .loader_stages import stage_costs
         result["stages"] = stage_costs(setup, naive="naive" in loaders)
@@ -110,6 +118,25 @@ def run(args: argparse.Namespace) -> dict:
         plot_lines(series, "loader workers", "samples / s", f"loader throughput ({args.preset} input sizes)",
                    args.plot)
     return result
+
+
+def device_mel_ms(setup, device: str, batches: int = 4) -> float:
+    """Milliseconds per sample of collate.mel_on_device on ``device`` (the
+    training process's share of the work under data.mel_on_device)."""
+    import torch
+
+    from opt_scale.data.collate import mel_on_device
+    from opt_scale.engine.trainer import to_device
+    loader = setup.open_loader("sharded", 0)
+    got = [to_device(next(loader), torch.device(device)) for _ in range(batches)]
+    mel_on_device(got[0], setup.cfg.model.audio.n_mels)  # warm-up (filterbank cache, CUDA context)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for batch in got[1:]:
+        mel_on_device(batch, setup.cfg.model.audio.n_mels)
+    sync()
+    return 1000 * (time.perf_counter() - start) / sum(len(b["keys"]) for b in got[1:])
 
 
 @dataclass

@@ -26,6 +26,7 @@ class LoaderSetup:
     audio_seconds: float
     image_size: str
     audio_format: str
+    mel_on_device: bool = False  # data.mel_on_device: the sharded loader ships waveforms
 
     def describe(self) -> str:
         return (f"{self.image_size} JPEG + {self.audio_seconds:g} s 48 kHz Vorbis originals; shards: short side "
@@ -49,7 +50,8 @@ class LoaderSetup:
             from opt_scale.data.config import DataConfig
             from opt_scale.data.loader import TrainLoader
             from opt_scale.data.sources import resolve_shards
-            data = DataConfig(num_workers=workers, prefetch_factor=4, shuffle_block=self.cfg.data.shuffle_block)
+            data = DataConfig(num_workers=workers, prefetch_factor=4, shuffle_block=self.cfg.data.shuffle_block,
+                              mel_on_device=self.mel_on_device)
             return TrainLoader(resolve_shards(str(self.shards_index)), data, self.cfg.model, self.cfg.tasks,
                                self.tokenizer(), rank=0, world_size=1, batch_size=self.batch_size)
         from torch.utils.data import DataLoader
@@ -84,4 +86,4 @@ def prepare_loader_inputs(args: argparse.Namespace) -> LoaderSetup:
     from opt_scale.data.tokenizer import Tokenizer
     cfg.model.text.vocab_size = Tokenizer(str(tokenizer)).vocab_size
     return LoaderSetup(inputs, out / "bench-index.json", tokenizer, cfg, args.batch_size, args.audio_seconds,
-                       args.image_size, args.audio_format)
+                       args.image_size, args.audio_format, args.mel_on_device)

@@ -17,6 +17,7 @@ from opt_scale.model.config import ModelConfig
 from opt_scale.tasks.config import TasksConfig
 
 from .decode import DecodedSample
+from .features import log_mel_batch
 from .masking import (IGNORE_INDEX, IMAGE, TEXT, decoder_view_keep, matching_class, matching_uniforms,
                       matching_view, matching_view_of_present, mlm_mask, modality_keep, sample_rng, token_mask)
 from .tokenizer import Tokenizer
@@ -61,7 +62,7 @@ class Collator:
         rng = lambda purpose: sample_rng(self.seed, epoch, s.key, purpose)  # noqa: E731
         inputs, labels = mlm_mask(s.text_ids, rng("mlm"), t.mlm, tok.vocab_size, tok.mask_id, tok.special_ids)
         patches = self.model_cfg.vision.num_patches
-        audio_tokens = self.model_cfg.audio.tokens_for_frames(s.mel.shape[0])
+        audio_tokens = self.model_cfg.audio.tokens_for_frames(s.frames)
         match_rng = rng("matching")
         match_class = matching_class(match_rng, t.matching)
         match_keep, match_label = matching_view(match_rng, match_class, t.matching.pair_prob)
@@ -83,16 +84,31 @@ class Collator:
             match_class=match_class, match_label=match_label, match_keep=match_keep,
             match_u=matching_uniforms(match_rng))
 
+    def stack_audio(self, samples: list[DecodedSample], frames: int) -> dict:
+        """``mel`` [n, frames, n_mels], or under data.mel_on_device the
+        zero-padded waveforms ``wave`` [n, samples] and ``wave_len`` [n], which
+        :func:`mel_on_device` turns into the same ``mel`` on the training device."""
+        if samples[0].wave is not None:
+            wave = torch.zeros(len(samples), max(len(s.wave) for s in samples))
+            for i, s in enumerate(samples):
+                wave[i, :len(s.wave)] = s.wave
+            return {"wave": wave, "wave_len": torch.tensor([len(s.wave) for s in samples])}
+        # Not zeros(): each row is written once, its copy and then only the padding zeroed.
+        mel = torch.empty(len(samples), frames, self.model_cfg.audio.n_mels)
+        for i, s in enumerate(samples):
+            mel[i, :s.frames] = s.mel
+            mel[i, s.frames:] = 0.0
+        return {"mel": mel}
+
     def assemble(self, samples: list[DecodedSample], draws: list[SampleDraws]) -> dict:
         """Pad and stack the samples and their draws into one batch."""
         n = len(samples)
         text_len = max(len(s.text_ids) for s in samples)
-        frames = max(s.mel.shape[0] for s in samples)
+        frames = max(s.frames for s in samples)
         text_ids = np.full((n, text_len), self.tokenizer.pad_id, dtype=np.int64)
         mlm_inputs = text_ids.copy()
         mlm_labels = np.full((n, text_len), IGNORE_INDEX, dtype=np.int64)
-        # Not zeros(): each row is written once, its copy and then only the padding zeroed.
-        mel = torch.empty(n, frames, self.model_cfg.audio.n_mels)
+        audio = self.stack_audio(samples, frames)
         mvm_mask = np.zeros((n, self.model_cfg.vision.num_patches), dtype=bool)
         mam_mask = np.zeros((n, self.model_cfg.audio.tokens_for_frames(frames)), dtype=bool)
         for i, (s, d) in enumerate(zip(samples, draws)):
@@ -100,8 +116,6 @@ class Collator:
             text_ids[i, :L] = s.text_ids
             mlm_inputs[i, :L] = d.mlm_inputs
             mlm_labels[i, :L] = d.mlm_labels
-            mel[i, : s.mel.shape[0]] = s.mel
-            mel[i, s.mel.shape[0]:] = 0.0
             mvm_mask[i] = d.mvm_mask
             mam_mask[i, : len(d.mam_mask)] = d.mam_mask
         stack = lambda name: torch.from_numpy(np.stack([getattr(d, name) for d in draws]))  # noqa: E731
@@ -113,8 +127,8 @@ class Collator:
             "mlm_input_ids": torch.from_numpy(mlm_inputs),
             "mlm_labels": torch.from_numpy(mlm_labels),
             "pixels": torch.stack([s.pixels for s in samples]),
-            "mel": mel,
-            "mel_len": torch.tensor([s.mel.shape[0] for s in samples]),
+            **audio,
+            "mel_len": torch.tensor([s.frames for s in samples]),
             "present": torch.from_numpy(np.stack([s.present for s in samples])),
             "modality_keep": stack("keep"),
             "mvm_mask": torch.from_numpy(mvm_mask),
@@ -126,3 +140,16 @@ class Collator:
             "match_keep": stack("match_keep"),
             "match_u": stack("match_u"),
         }
+
+
+def mel_on_device(batch: dict, n_mels: int) -> dict:
+    """A batch whose audio came as waveforms (data.mel_on_device), with its
+    ``mel`` computed where the waveforms are (the training device): the same
+    features the loader would have made, on the accelerator's time instead of
+    the loader workers' CPU time. Other batches pass through unchanged."""
+    if "wave" not in batch:
+        return batch
+    batch = dict(batch)
+    wave, wave_len = batch.pop("wave"), batch.pop("wave_len")
+    batch["mel"] = log_mel_batch(wave, wave_len, n_mels, int(batch["mel_len"].max()))
+    return batch

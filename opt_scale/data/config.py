@@ -21,6 +21,12 @@ class DataConfig:
     shuffle_block: int = 256     # samples read in order, then permuted together
     seed: int = 0                # data order, masks and negatives derive from (seed, epoch, key)
     max_substituted_fraction: float = 0.01  # stop once more of a rank's epoch had to be replaced (damaged shards)
+    # Log-mel on the training device: workers only decode audio and ship the
+    # waveform (float32: twice the bytes of the 80-band log-mel it replaces),
+    # the trainer computes the same features on its device (collate.mel_on_device).
+    # For GPU nodes whose loader cores are the bottleneck; on a CPU-only run
+    # it only moves the work into the training process.
+    mel_on_device: bool = False
 
     def validate(self) -> None:
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from opt_scale.model.config import ModelConfig
 
-from .features import SAMPLE_RATE, log_mel
+from .features import SAMPLE_RATE, frames_of_wave, log_mel
 from .tokenizer import Tokenizer
 
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg")
@@ -37,10 +37,20 @@ class DecodedSample:
     caption: str
     text_ids: np.ndarray      # [len] int64, [bos] ... [eos]
     pixels: torch.Tensor      # [3, H, W] uint8 (zeros when the sample has no image)
-    mel: torch.Tensor         # [frames, n_mels] float32 (a few zero frames when it has no audio)
+    mel: torch.Tensor | None  # [frames, n_mels] float32 (a few zero frames when it has no audio); None with wave
     meta_json: bytes = b"{}"  # the sample's .json member, parsed on demand (nothing in training reads it)
     image_uid: int = 0        # hash of the image file: narratives of one image share it (never each other's negatives)
     present: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))  # text, image, audio in the sample
+    # data.mel_on_device: the decoded recording [samples] float32 (empty when
+    # it has no audio) in place of ``mel``, which the training device computes.
+    wave: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        """Log-mel frames of the sample's audio, whichever form it travels in."""
+        if self.wave is None:
+            return self.mel.shape[0]
+        return frames_of_wave(len(self.wave)) if len(self.wave) else ABSENT_AUDIO_FRAMES
 
     @property
     def meta(self) -> dict:
@@ -48,7 +58,9 @@ class DecodedSample:
 
 
 class SampleDecoder:
-    def __init__(self, model_cfg: ModelConfig, tokenizer: Tokenizer):
+    def __init__(self, model_cfg: ModelConfig, tokenizer: Tokenizer, mel_on_device: bool = False):
+        """``mel_on_device``: ship the decoded waveform, not its log-mel (data.mel_on_device)."""
+        self.mel_on_device = mel_on_device
         self.image_size = model_cfg.vision.image_size
         self.max_text_len = model_cfg.text.max_len
         self.max_samples = int(model_cfg.audio.max_seconds * SAMPLE_RATE)
@@ -72,8 +84,7 @@ class SampleDecoder:
                 caption=caption,
                 text_ids=np.asarray(self.tokenizer.encode(caption, self.max_text_len), dtype=np.int64),
                 pixels=self.decode_image(raw["jpg"]) if has_image else torch.zeros(3, size, size, dtype=torch.uint8),
-                mel=(self.decode_audio(raw[audio_ext]) if audio_ext
-                     else torch.zeros(ABSENT_AUDIO_FRAMES, self.n_mels)),
+                **self.audio_fields(raw[audio_ext] if audio_ext else None),
                 meta_json=raw.get("json", b"{}"),
                 # Without an image, the recording names the sample's group (its narratives are twins).
                 image_uid=content_uid(raw["jpg"] if has_image else raw[audio_ext]),
@@ -90,6 +101,13 @@ class SampleDecoder:
         img = Image.open(io.BytesIO(data))
         img.draft("RGB", (self.image_size, self.image_size))  # JPEG DCT-domain downscale: much cheaper
         return centre_square(img.convert("RGB"), self.image_size)
+
+    def audio_fields(self, data: bytes | None) -> dict:
+        """The sample's audio as ``mel`` (computed here) or as ``wave`` (data.mel_on_device)."""
+        if self.mel_on_device:
+            wave = torch.from_numpy(self.read_wave(data)) if data is not None else torch.zeros(0)
+            return {"mel": None, "wave": wave}
+        return {"mel": self.decode_audio(data) if data is not None else torch.zeros(ABSENT_AUDIO_FRAMES, self.n_mels)}
 
     def decode_audio(self, data: bytes) -> torch.Tensor:
         return log_mel(self.read_wave(data), self.n_mels)

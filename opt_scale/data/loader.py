@@ -74,7 +74,7 @@ class TrainLoader:
         start, self.epoch_intervals, self.batches_consumed = self._start_from(cursor)
         self.slot_state = {s: start[s] for s in self._my_slots()}
         self.dataset = SlotBatches(shards, self.layout, rank, self.seed, start, self.epoch_intervals,
-                                   SampleDecoder(model_cfg, tokenizer),
+                                   SampleDecoder(model_cfg, tokenizer, data_cfg.mel_on_device),
                                    Collator(model_cfg, tasks_cfg, tokenizer, self.seed),
                                    data_cfg.shuffle_block,
                                    worker_offset=self.batches_consumed % self.layout.workers_per_rank)

@@ -15,6 +15,7 @@ import torch
 
 from opt_scale.config import RunConfig
 from opt_scale.data.capacity import require_one_batch_per_slot
+from opt_scale.data.collate import mel_on_device
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
 from opt_scale.data.sources import resolve_mixture
 from opt_scale.data.tokenizer import Tokenizer
@@ -280,7 +281,8 @@ class Trainer:
                 self.window.total({f"tokens/{m}": n for m, n in modality_tokens(batch, cfg.model).items()})
                 self.window.total({f"flops/{p}": f for p, f in batch_train_flops(batch, cfg.model).items()})
             batch["step"] = torch.tensor(self.state.step)  # tasks.schedule=sample draws the step's task from it
-            out = self.engine(to_device(batch, self.device))
+            # data.mel_on_device: the batch holds waveforms, turned into log-mel here, on the device.
+            out = self.engine(mel_on_device(to_device(batch, self.device), cfg.model.audio.n_mels))
             loss = out["loss"]
             if self.state.step + 1 in cfg.train.inject_nan_at:
                 loss = loss * float("nan")
