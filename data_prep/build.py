@@ -188,6 +188,8 @@ def build(opts: BuildOptions) -> BuildResult:
     build_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for h in holdouts:
+        (out_dir / h.name).mkdir(exist_ok=True)  # held-out shards' own directory (planning.make_plan)
     prepare_out_dir(out_dir, opts, build_id, num_jobs)
 
     ctx = WorkerContext(tuple(files), opts.sample_options(), str(out_dir), build_id)
@@ -255,11 +257,13 @@ def prepare_out_dir(out_dir: Path, opts: BuildOptions, build_id: str, num_jobs: 
     if num_jobs > 1:
         raise BuildConfigError("--overwrite with a job array would let jobs delete each other's shards; "
                                "clear the directory before submitting the array")
-    stems = [s["stem"] for s in old["splits"]]
-    pattern = re.compile("^(" + "|".join(map(re.escape, stems)) +
-                         r")(-\d{6}\.(tar|stats\.json|failures\.jsonl)|-index\.json|-build\.json)(\.tmp-.*)?$")
-    doomed = [p for p in out_dir.iterdir() if pattern.match(p.name) or p.name == "failures.jsonl"]
     manifest = manifest_path(out_dir, opts.prefix)
+    doomed = [p for p in out_dir.iterdir() if p.name == "failures.jsonl" or p.name.startswith(manifest.name)]
+    for split in old["splits"]:  # held-out splits lie in subdirectories (planning.make_plan)
+        folder, stem = (out_dir / split["stem"]).parent, Path(split["stem"]).name
+        pattern = re.compile("^" + re.escape(stem) +
+                             r"(-\d{6}\.(tar|stats\.json|failures\.jsonl)|-index\.json)(\.tmp-.*)?$")
+        doomed += [p for p in folder.iterdir() if pattern.match(p.name)] if folder.is_dir() else []
     for p in sorted(doomed, key=lambda p: p == manifest):  # the manifest last: a killed --overwrite can be redone
         p.unlink()
     log.warning("--overwrite: deleted %d file(s) of the previous build %s", len(doomed), old["build_id"])

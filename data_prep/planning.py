@@ -16,7 +16,9 @@ options (``samples_per_shard``, held-out splits): workers and jobs only decide
   order of a hash of (NAME, image_id) until COUNT narratives are held out,
   so all narratives of one image land on the same side and the choice depends
   on nothing but the input. Several splits are taken in the order given, each
-  from the images the previous ones left.
+  from the images the previous ones left. Each goes to its own directory,
+  ``OUT/NAME/PREFIX-NAME-*.tar`` with its index beside them, so that no glob
+  over the training shards (``OUT/PREFIX-*.tar``) can take held-out samples in.
 * Shards: each split's lines, in input order, cut into runs of
   ``samples_per_shard``.
 """
@@ -154,7 +156,7 @@ def make_plan(table: LineTable, samples_per_shard: int, holdouts: list[HoldoutSp
     duplicate_of, previous_copy = find_duplicates(table)
     split_of, held_images = choose_holdouts(table, duplicate_of, holdouts)
     splits = [TRAIN] + [h.name for h in holdouts]
-    stems = [prefix] + [f"{prefix}-{h.name}" for h in holdouts]
+    stems = [prefix] + [f"{h.name}/{prefix}-{h.name}" for h in holdouts]  # see the module doc
     tasks = []
     for k, (split, stem) in enumerate(zip(splits, stems)):
         rows = np.flatnonzero(split_of == k)

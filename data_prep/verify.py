@@ -154,10 +154,11 @@ def _check_args(args: tuple[str, dict | None]) -> ShardCheck:
 
 
 def shards_to_check(target: str) -> list[tuple[str, dict | None]]:
-    """(shard path, index entry) pairs for an index file, a directory of indexes or one tar."""
+    """(shard path, index entry) pairs for an index file, a directory of indexes
+    (a build's output: its held-out splits' subdirectories included) or one tar."""
     p = Path(target)
     if p.is_dir():
-        indexes = sorted(p.glob("*-index.json"))
+        indexes = sorted(p.glob("*-index.json")) + sorted(p.glob("*/*-index.json"))
         if not indexes:
             raise FileNotFoundError(f"no *-index.json in {p}")
     elif p.suffix == ".json":

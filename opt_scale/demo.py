@@ -35,7 +35,7 @@ class DemoAssets:
     @property
     def heldout(self) -> Path:
         """Samples of 64 images never trained on (``--holdout heldout:64``)."""
-        return self.root / "shards" / "demo-heldout-index.json"
+        return self.root / "shards" / "heldout" / "demo-heldout-index.json"
 
     @property
     def tokenizer(self) -> Path:

@@ -13,7 +13,7 @@ DEMO_FT_STEPS="${DEMO_FT_STEPS:-100}"
 DEMO_RANKS="${DEMO_RANKS:-2}"
 [ -d "$DEMO_DIR/train/checkpoints" ] || { echo "no demo run in $DEMO_DIR/train: run 'make demo' first" >&2; exit 1; }
 mapfile -t assets < <(python -m opt_scale.demo overrides --dir "$DEMO_DIR")
-heldout="$DEMO_DIR/shards/demo-heldout-index.json"
+heldout="$DEMO_DIR/shards/heldout/demo-heldout-index.json"
 out="$DEMO_DIR/finetune"
 mkdir -p "$out"
 [ -f "$out/pretrained-retrieval.json" ] || {

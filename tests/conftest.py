@@ -215,15 +215,19 @@ def prep_reference(prep_raw, tmp_path_factory):
 
 
 def build_outputs(out_dir: Path) -> dict[str, bytes]:
-    """Every output file's bytes, sidecars without their timing/host fields."""
+    """Every output file's bytes (held-out splits' subdirectories included),
+    sidecars without their timing/host fields."""
     import json
     files = {}
-    for p in sorted(out_dir.iterdir()):
-        if p.name.endswith(".stats.json"):
+    for p in sorted(out_dir.rglob("*")):
+        name = str(p.relative_to(out_dir))
+        if p.is_dir():
+            files[name + "/"] = b""
+        elif p.name.endswith(".stats.json"):
             stats = json.loads(p.read_text())
             for volatile in ("seconds", "cpu_seconds", "host"):
                 stats.pop(volatile)
-            files[p.name] = json.dumps(stats, sort_keys=True).encode()
+            files[name] = json.dumps(stats, sort_keys=True).encode()
         else:
-            files[p.name] = p.read_bytes()
+            files[name] = p.read_bytes()
     return files

@@ -25,7 +25,7 @@ def _samples(index_path):
 
 
 def _all_samples(out):
-    return {s["__key__"]: s for idx in ("shard-index.json", "shard-heldout-index.json")
+    return {s["__key__"]: s for idx in ("shard-index.json", "heldout/shard-heldout-index.json")
             for s in _samples(out / idx)}
 
 
@@ -73,17 +73,18 @@ def test_summary_names_samples_failures_gigabytes_and_speed(prep_raw, prep_refer
 
 def test_index_counts_sizes_and_checksums_match_the_shards(prep_reference):
     out = prep_reference.dir
-    for name in ("shard-index.json", "shard-heldout-index.json"):
+    for name in ("shard-index.json", "heldout/shard-heldout-index.json"):
         index = json.loads((out / name).read_text())
         assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1
         assert index["nsamples"] == sum(s["nsamples"] for s in index["shardlist"]) > 0
+        folder = (out / name).parent  # urls are relative to their index; held-out ones lie in heldout/
         for shard in index["shardlist"]:
-            path = out / shard["url"]
+            path = folder / shard["url"]
             assert "/" not in shard["url"] and path.is_file()
             assert count_samples(str(path)) == shard["nsamples"]
             assert path.stat().st_size == shard["filesize"]
             assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
-            stats = json.loads((out / shard["url"].replace(".tar", ".stats.json")).read_text())
+            stats = json.loads((folder / shard["url"].replace(".tar", ".stats.json")).read_text())
             assert stats["ninput"] == stats["nsamples"] + stats["nfailed"] and stats["seconds"] >= 0
 
 
@@ -149,12 +150,12 @@ def test_audio_is_16k_mono_flac_capped_and_described(prep_raw, prep_reference):
 
 def test_held_out_split_takes_whole_images_disjoint_from_training(prep_reference):
     out = prep_reference.dir
-    held = {k for s in _samples(out / "shard-heldout-index.json") for k in [s["__key__"]]}
+    held = {k for s in _samples(out / "heldout" / "shard-heldout-index.json") for k in [s["__key__"]]}
     train = {s["__key__"] for s in _samples(out / "shard-index.json")}
     assert held and not held & train
     image = lambda key: key.rsplit("_", 1)[0]  # noqa: E731
     assert not {image(k) for k in held} & {image(k) for k in train}
-    index = json.loads((out / "shard-heldout-index.json").read_text())
+    index = json.loads((out / "heldout" / "shard-heldout-index.json").read_text())
     assert index["split"] == "heldout" and index["ninput"] >= 6
     assert all(s["url"].startswith("shard-heldout-") for s in index["shardlist"])
 

@@ -23,10 +23,10 @@ def test_two_workers_rebuild_is_byte_identical(prep_raw, prep_reference, tmp_pat
 def test_two_jobs_build_disjoint_shards_and_the_merged_index_is_byte_identical(prep_raw, prep_reference, tmp_path):
     out = tmp_path / "jobs"
     run_cli(prep_build_args(prep_raw, out, "--num-jobs", "2", "--job-index", "1", "--workers", "2"))
-    first = {p.name for p in out.glob("*.tar")}
+    first = {p.name for p in out.rglob("*.tar")}
     assert not (out / "shard-index.json").exists() and not (out / "failures.jsonl").exists()  # jobs never race on them
     run_cli(prep_build_args(prep_raw, out, "--num-jobs", "2", "--job-index", "0"))
-    second = {p.name for p in out.glob("*.tar")} - first
+    second = {p.name for p in out.rglob("*.tar")} - first
     assert first and second and not first & second
     proc = run_cli(["opt-shards", "index", str(out), "--max-failure-rate", "0.6"])
     assert "heldout:" in proc.stdout

@@ -50,11 +50,11 @@ def _kill9(proc: subprocess.Popen) -> None:
 
 
 def _finished(out: Path) -> int:
-    return len(list(out.glob("*.stats.json")))
+    return len(list(out.rglob("*.stats.json")))
 
 
 def _temps(out: Path) -> list[str]:
-    return [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    return [p.name for p in out.rglob("*") if ".tmp-" in p.name]
 
 
 def test_kill_9_twice_mid_build_then_rerun_equals_the_uninterrupted_build(prep_raw, prep_reference, tmp_path):
@@ -98,8 +98,8 @@ def test_rerun_repairs_every_state_a_crash_can_leave(prep_raw, prep_reference, t
     with open(out / "shard-000003.tar", "ab") as f:
         f.write(b"\0" * 512)
     # A sidecar of another build.
-    stats = json.loads((out / "shard-heldout-000000.stats.json").read_text())
-    (out / "shard-heldout-000000.stats.json").write_text(json.dumps({**stats, "build_id": "0" * 16}))
+    stats = json.loads((out / "heldout" / "shard-heldout-000000.stats.json").read_text())
+    (out / "heldout" / "shard-heldout-000000.stats.json").write_text(json.dumps({**stats, "build_id": "0" * 16}))
     # Killed before the index merge, or during it, or while writing the manifest.
     (out / "shard-index.json").unlink()
     (out / "failures.jsonl").unlink()
