@@ -197,6 +197,8 @@ def test_a_directory_holding_another_build_is_refused_unless_overwritten(prep_ra
     assert all(s["ninput"] <= 5 for s in index["shardlist"])
     numbers = sorted(int(p.name[6:12]) for p in out.glob("shard-0*.tar"))
     assert numbers == list(range(len(index["shardlist"])))  # no stale shard of the old numbering left
+    held = json.loads((out / "heldout" / "shard-heldout-index.json").read_text())  # nor in the held-out directory
+    assert sorted(p.name for p in (out / "heldout").glob("*.tar")) == sorted(s["url"] for s in held["shardlist"])
 
 
 def test_inspect_writes_png_wav_caption_and_a_contact_sheet(prep_reference, tmp_path):

@@ -3,7 +3,9 @@ every tower anyway (no hang), and the losses and the trained weights (plain
 SGD, no clipping: a gradient off by any factor moves them differently) equal
 a single-process run. The two ranks also recompute every block in backward
 (model.activation_checkpointing): ZeRO-3 must gather each block's
-partitions again for the recomputation, and nothing may change."""
+partitions again for the recomputation, and nothing may change; and run
+their blocks through torch.compile (train.compile, each block a ZeRO-3
+leaf), which must not change anything either."""
 
 import json
 import sys
@@ -21,7 +23,8 @@ def test_rank_without_audio_and_recomputing_matches_single_process(tmp_path):
     two = tmp_path / "two.json"
     one = tmp_path / "one.json"
     # A hang (a rank skipping a tower's collectives) fails on the timeout.
-    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(two), "--recompute"],
+    run_cli([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(two), "--recompute",
+             "--compile"],
             timeout=300)
     run_cli([sys.executable, str(SCRIPT), str(one)], timeout=300)
     single = {(r["step"], r["batch"]): r for r in json.loads(one.read_text())}

@@ -128,6 +128,7 @@ def sync(device: torch.device) -> None:
 def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, device) -> StepTimings:
     import torch.distributed as dist
 
+    from opt_scale.data.collate import mel_on_device
     from opt_scale.engine.throughput import batch_train_flops, modality_tokens
     from opt_scale.engine.trainer import to_device
     names = list(engines)
@@ -154,7 +155,7 @@ def _time_steps(spec: ProbeSpec, cfg, engines: dict, linears: dict, loader, devi
             profiler = profilers.get(name) if timed else None
             if profiler:
                 profiler.enable()
-            out = engine(inputs)
+            out = engine(mel_on_device(inputs, cfg.model.audio.n_mels))  # timed: it is the step's work
             engine.backward(out["loss"])
             engine.step()
             sync(device)

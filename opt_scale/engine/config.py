@@ -9,6 +9,9 @@ from opt_scale.utils.config_tools import require
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
 @dataclass
 class TrainConfig:
     task: str = "pretrain"           # pretrain | vq (the image tokenizer MVM/DIR need) | caption | asr | retrieval
@@ -27,6 +30,12 @@ class TrainConfig:
     precision: str = "auto"          # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)
     ds_config: str = "auto"          # name in ds_configs/ or a path; auto: zero3_gpu on CUDA, zero3_cpu otherwise
     zero_init: bool = True           # build parameters partitioned (deepspeed.zero.Init) under ZeRO-3
+    # torch.compile each transformer block (towers, cross-modal encoder,
+    # decoders), as torchtitan does: the blocks are where the FLOPs are, and
+    # DeepSpeed's ZeRO-3 hooks between them stay eager (they are
+    # compiler-disabled). Shapes are compiled dynamic: batches differ in length.
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager or eager to debug)
     seed: int = 0                    # model init and dropout
     out_dir: str = "runs/opt"        # checkpoints/, tensorboard/, config.json, tokenizer copy
     resume: str = ""                 # "" (fresh), "auto" (newest complete checkpoint in out_dir), or a path
@@ -67,4 +76,6 @@ class TrainConfig:
                 "eval_every must be >= 0 and eval_samples positive")
         require(not (self.overwrite and self.resume), "train.overwrite",
                 f"deletes the checkpoints train.resume={self.resume!r} would continue from; set one of them")
+        require(not self.compile or self.compile_backend in COMPILE_BACKENDS, "train.compile_backend",
+                f"must be one of {', '.join(COMPILE_BACKENDS)}, got {self.compile_backend!r}")
         require(self.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "must be positive")

@@ -19,6 +19,7 @@ from opt_scale.data.collate import mel_on_device
 from opt_scale.data.loader import DataCursor, TrainLoader, gather_local_states
 from opt_scale.data.sources import resolve_mixture
 from opt_scale.data.tokenizer import Tokenizer
+from opt_scale.model.layers import compile_blocks
 from opt_scale.tasks.registry import FINETUNE, build_task_module, load_frozen_vq, trains_opt
 from opt_scale.utils.config_tools import ConfigError, to_dict
 from opt_scale.utils.logging_setup import setup_logging
@@ -66,6 +67,8 @@ def fill_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> None:
 
 
 def build_model(cfg: RunConfig, ds_cfg: dict) -> torch.nn.Module:
+    """The task's module as the trainer and the benchmarks train it; to be
+    passed to ``deepspeed.initialize`` (train.compile marks ZeRO-3 leaves)."""
     frozen_vq = load_frozen_vq(cfg)  # outside zero.Init: replicated, never partitioned
     if zero_stage(ds_cfg) == 3 and cfg.train.zero_init:
         import deepspeed
@@ -75,7 +78,12 @@ def build_model(cfg: RunConfig, ds_cfg: dict) -> torch.nn.Module:
     else:
         ctx = contextlib.nullcontext()
     with ctx:
-        return build_task_module(cfg, frozen_vq)
+        model = build_task_module(cfg, frozen_vq)
+    if cfg.train.compile:
+        blocks = compile_blocks(model, cfg.train.compile_backend)
+        log.info("train.compile: %d transformer blocks compiled with %s (on first use)", blocks,
+                 cfg.train.compile_backend)
+    return model
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -12,7 +12,9 @@ first step, lr x sign(g), and clipping hide such a factor).
 
 ``--recompute``: with model.activation_checkpointing (every block recomputed
 in backward, its ZeRO-3 partitions gathered a second time), which must not
-change a loss or a weight.
+change a loss or a weight. ``--compile``: with train.compile's blocks
+(``compile_blocks``, backend eager: torch.compile's graph capture, each
+autograd without generating code), each block a ZeRO-3 leaf; the same holds.
 """
 
 import json
@@ -70,7 +72,7 @@ def synthetic_batch(cfg, seed: int, with_audio: bool, B: int = 4) -> dict:
             "match_keep": match_keep, "match_u": torch.rand(B, 2, generator=g)}
 
 
-def main(out_path: str, recompute: bool = False) -> None:
+def main(out_path: str, recompute: bool = False, compile_blocks: bool = False) -> None:
     env = distributed.detect()
     distributed.prepare_environment(env)
     import deepspeed
@@ -94,6 +96,9 @@ def main(out_path: str, recompute: bool = False) -> None:
     with deepspeed.zero.Init(config_dict_or_path=ds):
         net = OPTPretrainer(cfg.model, cfg.tasks, vq=vq)
     opt = torch.optim.SGD(net.parameters(), lr=train.lr)
+    if compile_blocks:
+        from opt_scale.model.layers import compile_blocks as compile_all
+        compile_all(net, "eager")
     engine, *_ = deepspeed.initialize(model=net, optimizer=opt, config=ds)
     initial = whole_state(engine)
     batches = [synthetic_batch(cfg, 10, True), synthetic_batch(cfg, 11, False)]
@@ -122,4 +127,4 @@ def whole_state(engine) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], recompute="--recompute" in sys.argv[2:])
+    main(sys.argv[1], recompute="--recompute" in sys.argv[2:], compile_blocks="--compile" in sys.argv[2:])
