@@ -90,7 +90,8 @@ def run_cpu(args: argparse.Namespace) -> dict:
         base = rows[0]
         plot_lines({"time / full logits": (names, [r["time_s"] / base["time_s"] for r in rows]),
                     "peak memory / full logits": (names, [r["peak_mib"] / base["peak_mib"] for r in rows])},
-                   "variant", "relative to full logits", "masked-token loss on CPU (fwd+bwd)", args.plot)
+                   "variant", "relative to full logits", "masked-token loss on CPU (fwd+bwd)", args.plot,
+                   targets={"full logits": 1.0}, bars=True)
     return result
 
 

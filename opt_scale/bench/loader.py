@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict:
             series[f"{name}: samples/s"] = ([r["workers"] for r in mine], [r["samples_per_s"] for r in mine])
             series[f"{name}: samples/CPU-s"] = ([r["workers"] for r in mine], [r["samples_per_cpu_s"] for r in mine])
         plot_lines(series, "loader workers", "samples / s", f"loader throughput ({args.preset} input sizes)",
-                   args.plot)
+                   args.plot, targets={f"goal: {args.target:g} samples/CPU-s (sharded)": args.target})
     return result
 
 

@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. model.text.max_len=256")
     p.add_argument("--nodes", type=int, default=1, help="nodes")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
-    p.add_argument("--gpu", default="h100", help=f"GPU model: {', '.join(GPUS)}")
+    p.add_argument("--gpu", type=str.lower, default="h100", help=f"GPU model: {', '.join(GPUS)} (any case)")
     p.add_argument("--micro-batch", type=int, default=0, help="samples per GPU per step (0: train.micro_batch_size)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     p.add_argument("--zero-stage", type=int, default=3, help="ZeRO stage: 0, 1, 2 or 3")
@@ -222,8 +222,8 @@ def run(args: argparse.Namespace) -> dict:
         batches = list(range(1, 2 * max(micro, *(r["max_micro_batch"] for r in memory_rows)) + 2))
         series = {f"{r['layout']}, checkpointing {r['checkpointing']}":
                   (batches, [states.gpu / GiB + b * r["act_GiB_per_sample"] for b in batches]) for r in memory_rows}
-        series["usable"] = (batches, [usable / GiB] * len(batches))
-        plot_panels([(series, "micro batch per GPU", "GiB per GPU", f"{args.preset} on {where}")], args.plot)
+        plot_panels([(series, "micro batch per GPU", "GiB per GPU", f"{args.preset} on {where}",
+                      {f"usable ({gpu.memory_gib:g} GiB - {args.reserve:.0%})": usable / GiB})], args.plot)
     return {"ok": check["ok"], "bench": "plan", "preset": args.preset, "world_size": world,
             "total_params": total, "largest_layer_params": largest, "parts": parts, "micro_batch": micro,
             "model_states": states_rows, "gpu_model_states_bytes": states.gpu,

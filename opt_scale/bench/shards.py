@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> dict:
         result["resamplers"] = compare_resamplers()
     if args.plot:
         plot_lines({"samples/s/core": ([r["workers"] for r in rows], [r["samples_per_s_per_core"] for r in rows])},
-                   "workers", "samples/s/core", "opt-shards build throughput", args.plot)
+                   "workers", "samples/s/core", "opt-shards build throughput", args.plot,
+                   targets={f"goal: {args.target:g}": args.target})
     return result
 
 
