@@ -31,9 +31,10 @@ class TrainConfig:
     ds_config: str = "auto"          # name in ds_configs/ or a path; auto: zero3_gpu on CUDA, zero3_cpu otherwise
     zero_init: bool = True           # build parameters partitioned (deepspeed.zero.Init) under ZeRO-3
     # torch.compile each transformer block (towers, cross-modal encoder,
-    # decoders), as torchtitan does: the blocks are where the FLOPs are, and
-    # DeepSpeed's ZeRO-3 hooks between them stay eager (they are
-    # compiler-disabled). Shapes are compiled dynamic: batches differ in length.
+    # decoders), as torchtitan does: the blocks are where the FLOPs are. Each
+    # block is a ZeRO-3 leaf, so DeepSpeed's hooks stay eager around one graph
+    # per block (model/layers.compile_blocks); shapes are dynamic, as batches
+    # differ in length. The first steps pay the compilation.
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager or eager to debug)
     seed: int = 0                    # model init and dropout
