@@ -62,16 +62,31 @@ _FWD_SHAPES = [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3
 _BWD_SHAPES = [(64, 128, 8, 3), (64, 64, 4, 3), (32, 128, 4, 3), (32, 64, 4, 2)]
 
 
+H100_SHARED_MEMORY = 227 * 1024  # per block, opted in
+
+
+def shared_memory_budget(q) -> int:
+    """Shared memory a block may use on ``q``'s GPU (A100: 163 KiB, H100: 227
+    KiB); H100's where there is no GPU to ask (the interpreter, compile_check)."""
+    if getattr(q, "is_cuda", False):
+        props = torch.cuda.get_device_properties(q.device)
+        return getattr(props, "shared_memory_per_block_optin", H100_SHARED_MEMORY)
+    return H100_SHARED_MEMORY
+
+
 def _prune_by_shared_memory(configs, named_args, **kwargs):
-    """Drop configs whose tiles cannot fit in shared memory (227 KiB per SM on
-    H100). The estimate (Q tile + double-buffered K and V tiles per stage) is
-    above what ptxas reports for every config we compiled for sm_90, so what
-    survives fits; fp32 inputs at head_dim 128 lose the big tiles (a 64x128
-    dK/dV tile there needs 256 KiB)."""
+    """Drop configs whose tiles cannot fit in the GPU's shared memory. The
+    estimate (Q tile + double-buffered K and V tiles per stage) is above
+    what ptxas reports for every config we compiled for sm_80 and sm_90
+    (``compile_check --launch-variants``), so what survives fits; fp32 inputs
+    at head_dim 128 lose the big tiles (a 64x128 dK/dV tile there needs 256
+    KiB). The budget is the device's: with H100's 227 KiB an A100 (163 KiB)
+    kept a dQ config that needs 176 KiB there. ``shared_budget`` overrides it
+    (compile_check, for a target that is not here)."""
     head = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     q = named_args.get("Q")
     elem = q.element_size() if hasattr(q, "element_size") else 2
-    budget = 227 * 1024
+    budget = kwargs.get("shared_budget") or shared_memory_budget(q)
     kept = [c for c in configs
             if (c.kwargs["BLOCK_M"] * head + 2 * c.num_stages * c.kwargs["BLOCK_N"] * head) * elem <= budget]
     return kept or configs[-1:]
