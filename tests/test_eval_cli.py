@@ -84,9 +84,16 @@ def test_caption_and_generate_from_an_export(trained_run, demo_shards, tmp_path)
     assert 0 <= res["scores"]["audio"]["WER"]
     grid = tmp_path / "text_to_image.png"
     run_cli(["opt-eval", "generate", "--checkpoint", str(export), "--prompt", "a small red circle",
-             "--prompt", "a large blue square", "--n", "3", "--top-k", "8", "--out", str(grid)], timeout=300)
+             "--prompts-from", str(demo_shards / "demo-index.json"), "--num-prompts", "1",
+             "--n", "3", "--top-k", "8", "--out", str(grid), "--json", str(tmp_path / "generate.json")], timeout=300)
+    assert json.loads((tmp_path / "generate.json").read_text())["reference_columns"] == 2
     with Image.open(grid) as im:
-        assert im.size[0] == 3 * 64 * 2 and im.size[1] == 2 * (64 * 2 + 14)
+        # A row per prompt; the data's prompt starts with its image and VQ reconstruction, then a grey bar.
+        assert im.size[0] == (5 * 64 + 6) * 2 and im.size[1] == 2 * (64 * 2 + 14)
+        rgb = im.convert("RGB")
+        second_row = 64 * 2 + 14 + 14
+        assert rgb.getpixel((2 * 64 * 2 + 6, second_row + 60)) == (128, 128, 128)  # the bar after the references
+        assert rgb.getpixel((im.size[0] - 1, 60)) == (255, 255, 255)  # the first row has no references: shorter
 
     # The README's results section is rendered from exactly these files.
     readme = tmp_path / "README.md"

@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.out)
             print(f"image grid: {args.out}")
-        result.update(out=args.out, prompts=prompts)
+        result.update(out=args.out, prompts=[p[0] if isinstance(p, tuple) else p for p in prompts],
+                      reference_columns=2 if args.prompts_from else 0)
     else:
         from opt_scale.eval.data import iter_eval_batches
         batches = iter_eval_batches(args.shards, cfg.model, tok, args.batch_size, args.max_samples, rank, world)

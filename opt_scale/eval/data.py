@@ -64,13 +64,14 @@ def interleave_shares(parts: list[list]) -> list:
     return out
 
 
-def first_captions(shards: str, n: int) -> list[str]:
+def first_captions(shards: str, n: int) -> list[tuple[str, bytes | None]]:
     """The captions of the first ``n`` samples (text-to-image prompts that
-    fit whatever data a run was trained on)."""
+    fit whatever data a run was trained on), each with its image's JPEG bytes
+    (None for a sample without one): the grid shows them as the reference."""
     captions = []
     for shard in resolve_shards(shards, key="--prompts-from"):
-        for raw in iter_samples(shard.url, extensions={"txt"}):
-            captions.append(raw["txt"].decode("utf-8").strip())
+        for raw in iter_samples(shard.url, extensions={"txt", "jpg"}):
+            captions.append((raw["txt"].decode("utf-8").strip(), raw.get("jpg")))
             if len(captions) == n:
                 return captions
     return captions

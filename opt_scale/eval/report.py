@@ -139,7 +139,9 @@ def render(eval_dir: Path, run_dir: Path | None = None, learning_json: Path | No
         if path.is_file():
             parts.append(section(json.loads(path.read_text())))
     if grid_link is not None:
-        parts.append(f"Text-to-image (`opt-eval generate`; one row per prompt):\n\n![text-to-image grid]({grid_link})")
+        parts.append("Text-to-image (`opt-eval generate`; one row per prompt; a prompt taken from the data "
+                     "starts with its own image and that image's VQ reconstruction, the best the codes can "
+                     f"draw, then a grey bar):\n\n![text-to-image grid]({grid_link})")
     if learning_json is not None:
         parts.append(learning_section(json.loads(learning_json.read_text()), learning_plot_link))
     if not parts:
