@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         from opt_scale.eval.grid import image_grid
         prompts = list(args.prompt)
         if args.prompts_from:
-            from opt_scale.eval.data import first_captions
-            prompts += first_captions(args.prompts_from, args.num_prompts)
+            from opt_scale.eval.data import first_prompts
+            prompts += first_prompts(args.prompts_from, args.num_prompts)
         grid = image_grid(OPTGenerator(net, tok), prompts, args.n, args.top_k, args.temperature, args.seed,
                           rank=rank, world_size=world)
         if rank == 0:
@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"results: {args.json}")
+    from opt_scale.engine.distributed import shutdown
+    shutdown(together=True)
     return 0
 
 

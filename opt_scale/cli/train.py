@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return launch_local_ranks("opt-train", args.nproc_per_node, args.config, overrides)
     from opt_scale.engine.trainer import train
     summary = train(cfg)
-    from opt_scale.engine.distributed import detect
+    from opt_scale.engine.distributed import detect, shutdown
+    shutdown(together=True)  # every rank returned from train(): done with collectives
     from opt_scale.engine.preemption import REQUEUE_EXIT_CODE
     if detect().is_main:
         print("\n=== opt-train summary ===")

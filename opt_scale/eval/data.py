@@ -64,7 +64,7 @@ def interleave_shares(parts: list[list]) -> list:
     return out
 
 
-def first_captions(shards: str, n: int) -> list[tuple[str, bytes | None]]:
+def first_prompts(shards: str, n: int) -> list[tuple[str, bytes | None]]:
     """The captions of the first ``n`` samples (text-to-image prompts that
     fit whatever data a run was trained on), each with its image's JPEG bytes
     (None for a sample without one): the grid shows them as the reference."""

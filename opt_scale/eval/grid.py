@@ -7,6 +7,8 @@ draw. A grey bar separates them from the samples."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -21,10 +23,7 @@ SEPARATOR_PX = 6
 
 def reference_tiles(gen: OPTGenerator, jpeg: bytes, size: int) -> list[np.ndarray]:
     """The sample's image at the generated images' size and its VQ reconstruction, HWC uint8."""
-    import io
-
-    from PIL import Image as PILImage
-    pixels = centre_square(PILImage.open(io.BytesIO(jpeg)).convert("RGB"), size)
+    pixels = centre_square(Image.open(io.BytesIO(jpeg)).convert("RGB"), size)
     vq = gen.net.vq.to(gen.device)
     rebuilt = (vq.reconstruct(pixels[None].to(gen.device))[0] * 255).round().to(torch.uint8)
     return [pixels.permute(1, 2, 0).numpy(), rebuilt.permute(1, 2, 0).cpu().numpy()]
