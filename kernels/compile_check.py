@@ -50,6 +50,11 @@ def _signature(jit, dtype: str, constexprs: dict) -> dict[str, str]:
     return sig
 
 
+def largest_config(configs):
+    """The config with the most tile work in flight: the one most likely to break."""
+    return max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)
+
+
 def compile_kernels(arch: int = 90, head_dims=(32, 64, 128), dtypes=("fp16", "bf16", "fp32"),
                     all_configs: bool = False) -> list[dict]:
     """One row per compiled kernel variant. ``all_configs=False`` compiles the
@@ -90,7 +95,7 @@ def compile_kernels(arch: int = 90, head_dims=(32, 64, 128), dtypes=("fp16", "bf
                 configs = at._prune_by_shared_memory(autotuner.configs, {"Q": probe}, BLOCK_D=head_dim,
                                                      shared_budget=limit)
                 if not all_configs:
-                    configs = [max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+                    configs = [largest_config(configs)]
                 for cfg in configs:
                     constexprs = dict(CAUSAL=True, HAS_LENGTHS=True, HAS_SEGMENTS=True, DOT_PRECISION="tf32",
                                       BLOCK_D=head_dim, **cfg.kwargs)
@@ -188,6 +193,7 @@ def compile_launch_variants(archs=(80, 90), head_dims=(64, 80, 128), dtypes=("fp
     from triton.compiler import ASTSource
 
     from . import attention_triton as at
+    from .triton_support import next_power_of_2
     rows = []
     for autotuner in (at._attention_fwd_kernel, at._attention_bwd_dkdv_kernel, at._attention_bwd_dq_kernel):
         for arch in archs:
@@ -195,10 +201,10 @@ def compile_launch_variants(archs=(80, 90), head_dims=(64, 80, 128), dtypes=("fp
             for dtype in dtypes:
                 probe = torch.empty(1, dtype=getattr(torch, _TENSOR_DTYPES[dtype]))
                 for head_dim in head_dims:
-                    block_d = max(16, 1 << (head_dim - 1).bit_length())
+                    block_d = max(16, next_power_of_2(head_dim))  # as the launcher pads it (_common_meta)
                     configs = at._prune_by_shared_memory(autotuner.configs, {"Q": probe}, BLOCK_D=block_d,
                                                          shared_budget=limit)
-                    cfg = max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)
+                    cfg = largest_config(configs)
                     for variant in variants:
                         flags = dict(LAUNCH_VARIANTS[variant], DOT_PRECISION="tf32", BLOCK_D=block_d, **cfg.kwargs)
                         row = dict(kernel=autotuner.fn.__name__, arch=f"sm_{arch}", dtype=dtype, head_dim=head_dim,
