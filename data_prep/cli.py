@@ -73,7 +73,18 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> int:
+    from . import labelled
     from .pairs import write_pairs
+    if args.format in labelled.FORMATS:
+        n, labels = labelled.write_labelled(
+            args.input, args.format, args.out, annotations=args.annotations, image_name=args.image_name,
+            image_key=args.image_key, audio_key=args.audio_key, label_key=args.label_key, label_sep=args.label_sep,
+            min_label_count=args.min_label_count, max_labels=args.max_labels)
+        side = "--images ROOT" if args.format != "classes" or args.image_key else "--audio ROOT"
+        print(f"wrote {n} {args.format} samples to {args.out} and their {labels} labels to "
+              f"{labelled.labels_path(args.out)} (data.labels); build them with: "
+              f"opt-shards build --annotations {args.out} {side} --out DIR")
+        return 0
     n = write_pairs(args.input, args.format, args.out, image_key=args.image_key, caption_key=args.caption_key,
                     audio_name=args.audio_name, split=args.split)
     side = "--audio" if args.format in ("audiocaps", "clotho") else "--images"
@@ -177,9 +188,11 @@ def _add_download(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .labelled import DEFAULT_VQA_IMAGE_NAME
+    from .labelled import FORMATS as LABELLED_FORMATS
     from .media import AUDIO_FORMATS, DEFAULT_MAX_PIXELS
-    from .tokenizer_training import MODEL_TYPES
     from .pairs import FORMATS
+    from .tokenizer_training import MODEL_TYPES
     p = argparse.ArgumentParser(prog="opt-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(p)
@@ -255,10 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=8, help="number of samples to export (from the start of the shard)")
     s.add_argument("--out", required=True, help="output directory")
 
-    pr = _sub(sub, "pairs", "turn an image-text or audio-text corpus into records `build` reads", _pairs)
+    pr = _sub(sub, "pairs", "turn an image-text, audio-text or labelled corpus (VQA, classes) into records `build` "
+                            "reads", _pairs)
     pr.add_argument("input", help="the corpus' caption file (COCO or Karpathy-split JSON, CSV, JSONL, AudioCaps "
-                                  "or Clotho CSV)")
-    pr.add_argument("--format", required=True, choices=FORMATS, help="the input's layout")
+                                  "or Clotho CSV), VQA v2 questions JSON, a classes CSV/JSONL, or an ImageFolder root")
+    pr.add_argument("--format", required=True, choices=FORMATS + LABELLED_FORMATS, help="the input's layout")
     pr.add_argument("--out", required=True, help="output JSON Lines file (pass it to build --annotations)")
     pr.add_argument("--image-key", default="image", help="csv/jsonl: the column holding the image path")
     pr.add_argument("--caption-key", default="caption", help="csv/jsonl: the column holding the caption")
@@ -266,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="audiocaps: the clip's file name under build's --audio, from the CSV's columns")
     pr.add_argument("--split", default="train", choices=("train", "restval", "val", "test"),
                     help="karpathy: the split to take (train includes restval)")
+    pr.add_argument("--annotations", default="", help="vqa: the VQA v2 annotations JSON of the questions")
+    pr.add_argument("--image-name", default=DEFAULT_VQA_IMAGE_NAME,
+                    help="vqa: the image's file name under build's --images, from image_id and data_subtype")
+    pr.add_argument("--audio-key", default="", help="classes: the column holding the audio path (if any)")
+    pr.add_argument("--label-key", default="label", help="classes: the column holding the label(s)")
+    pr.add_argument("--label-sep", default="|", help="classes: what separates several labels of one sample")
+    pr.add_argument("--min-label-count", type=int, default=1,
+                    help="vqa/classes/imagefolder: labels chosen fewer times stay out of the vocabulary "
+                         "(VQA v2's usual vocabulary: 9)")
+    pr.add_argument("--max-labels", type=int, default=0,
+                    help="vqa/classes/imagefolder: keep at most this many labels, most frequent first (0: all; "
+                         "VQA v2: 3129)")
 
     t = _sub(sub, "train-tokenizer", "train a SentencePiece tokenizer on the captions in shards", _train_tokenizer)
     t.add_argument("--shards", required=True, help="shard paths, brace pattern or dataset index .json")

@@ -51,6 +51,19 @@ class Narrative:
     traces: list = field(default_factory=list)
     has_image: bool = True            # False for an audio-text pair
     image_path: str = ""              # relative to an image root; "" = <image_id>.jpg/.jpeg/.png
+    # Downstream targets (``opt-shards pairs --format vqa|classes|imagefolder``,
+    # see :mod:`.labelled`): {label: soft score}, VQA's ten answers, the
+    # group the sample's score is reported under. Empty for narratives.
+    labels: dict = field(default_factory=dict)
+    answers: tuple = ()
+    label_type: str = ""
+
+    @property
+    def targets(self) -> dict | None:
+        """What the shard's .json records of the targets (None: a narrative or pair has none)."""
+        if not self.labels:
+            return None
+        return {"labels": self.labels, "answers": list(self.answers), "label_type": self.label_type}
 
     @property
     def key(self) -> str:
@@ -105,15 +118,32 @@ def parse_line(line: bytes | str) -> Narrative:
         raise RecordError("bad_field_type", "field 'timed_caption' is not a list")
     if not isinstance(traces, list):
         raise RecordError("bad_field_type", "field 'traces' is not a list")
+    labels, answers, label_type = parse_targets(obj)
     check_image_id(image_id, dataset_id)
     if voice_recording:
         check_relative_path(voice_recording, "voice_recording")
     if image_path:
         check_relative_path(image_path, "image_path")
-    if not caption:
+    if not caption and not labels:  # a classification sample has labels and no text
         raise RecordError("empty_caption", "caption is empty")
     return Narrative(dataset_id, image_id, annotator_id, caption, voice_recording, timed_caption, traces,
-                     has_image, image_path if has_image else "")
+                     has_image, image_path if has_image else "", labels, answers, label_type)
+
+
+def parse_targets(obj: dict) -> tuple[dict, tuple, str]:
+    """A labelled record's ``labels`` / ``answers`` / ``label_type`` (all optional)."""
+    labels = obj.get("labels") or {}
+    answers = obj.get("answers") or []
+    label_type = obj.get("label_type") or ""
+    if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for k, v in labels.items()):
+        raise RecordError("bad_field_type", "field 'labels' must map label strings to scores in [0, 1]")
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise RecordError("bad_field_type", "field 'answers' must be a list of strings")
+    if not isinstance(label_type, str):
+        raise RecordError("bad_field_type", "field 'label_type' must be a string")
+    return labels, tuple(answers), label_type
 
 
 def check_image_id(image_id: str, dataset_id: str) -> None:

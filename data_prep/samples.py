@@ -70,6 +70,8 @@ def make_sample(raw_line: bytes, source_file: str, line_no: int, opts: SampleOpt
             "sample_rate": 16_000, "format": audio.extension, "cropped": audio.cropped, "sha256": audio.sha256},
         "open_images": csv_row,
     }
+    if rec.targets is not None:  # only labelled samples carry the key: narratives' bytes stay as they were
+        meta["targets"] = rec.targets
     members = {}  # in this order: a narrative's shard bytes are those of earlier builds
     if image is not None:
         members["jpg"] = image.jpeg

@@ -32,6 +32,10 @@ class RunConfig:
                     "the 5-way matching task swaps image/audio between samples of a micro-batch and needs "
                     f"at least 3 per micro-batch (got {self.train.micro_batch_size}); raise it or set "
                     "tasks.matching.weight=0")
+        if self.tasks.label.weight > 0:
+            require(bool(self.data.labels or self.tasks.label.names), "data.labels",
+                    "tasks.label (vqa, classify) needs the label vocabulary: the .labels.json written by "
+                    "`opt-shards pairs --format vqa|classes|imagefolder`")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:

@@ -24,5 +24,8 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, local_l
     assert multi["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert set(multi["grads"]) == set(single["grads"])
     for name, ref in single["grads"].items():
-        assert multi["grads"][name] == pytest.approx(ref, rel=1e-4, abs=1e-7), name
+        # Float32 rounding is relative to the magnitudes summed, not to the sum: an element
+        # that cancels to ~1e-4 of the tensor's largest keeps an error of that largest's size.
+        scale = max(abs(v) for v in ref)
+        assert multi["grads"][name] == pytest.approx(ref, rel=1e-4, abs=1e-6 * scale), name
         assert any(abs(v) > 0 for v in ref), name   # every parameter is trained

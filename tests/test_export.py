@@ -41,6 +41,34 @@ def test_export_equals_deepspeeds_zero_to_fp32_script(exported_and_reference):
     assert "mlm.weight" not in ours
 
 
+def test_the_export_carries_a_model_card_no_absolute_path_and_is_readable_by_the_group(exported_and_reference,
+                                                                                       trained_run):
+    import json
+    import stat
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from opt_scale.tasks.pretrainer import OPTPretrainer
+    from opt_scale.config import RunConfig
+    from opt_scale.utils.config_tools import from_dict
+    out, _ = exported_and_reference
+    config_text = (out / "config.json").read_text()
+    assert str(trained_run) in (trained_run / "config.json").read_text()   # the run's own config has them
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    for text in (config_text, json.dumps(meta)):
+        assert '"/' not in text and str(trained_run.parent) not in text
+    assert meta["source"] == f"{trained_run.name}/checkpoints/step_00000004"
+    card = (out / "README.md").read_text()
+    assert "# OPT (pretrain), step 4" in card and "| loss/total |" in card and "| eval/" in card
+    for path in out.iterdir():
+        assert path.stat().st_mode & stat.S_IRGRP, path.name
+    # A plain strict load of the file, no aliases to restore (the tied projection has one name).
+    cfg = from_dict(RunConfig, json.loads(config_text))
+    OPTPretrainer(cfg.model, cfg.tasks).load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+
+
 def test_exported_model_computes_the_losses_of_the_zero_to_fp32_weights(exported_and_reference, trained_run,
                                                                          demo_shards, demo_tokenizer):
     """The export as loaded (config, tied weights, frozen VQ) is the trained

@@ -30,8 +30,8 @@ def test_sample_draws_tasks_in_proportion_to_their_weights_by_seed_and_step_only
 def test_sum_trains_every_task_every_step():
     cfg = TasksConfig()
     assert TaskSchedule(cfg, 0).weights(5) == cfg.weights()
-    assert ViewRows.plan(8, set(TASK_NAMES)) == ViewRows(8, 8, 8, 8, 8, 8)
-    assert ViewRows.plan(8, {"dtr"}) == ViewRows(1, 8, 1, 8, 1, 1)
+    assert ViewRows.plan(8, set(TASK_NAMES)) == ViewRows(8, 8, 8, 8, 8, 8, 8)
+    assert ViewRows.plan(8, {"dtr"}) == ViewRows(1, 8, 1, 8, 1, 1, 1)
 
 
 def test_a_sampled_step_logs_only_its_task_and_still_reaches_every_module(demo_shards, demo_tokenizer):

@@ -211,7 +211,7 @@ def test_pretrain_sbatch_checkpoints_on_usr1_and_on_scontrol_requeue_and_resumes
     requeued by an admin (``scontrol requeue``: SIGTERM to every process of the job, loader
     workers included, SIGKILL after KillWait); run 3 trains to the end. Each stop is a
     checkpoint of the step the ranks agreed on, and each run resumes from it."""
-    steps = 20
+    steps = 12
     run_dir, job_log = tmp_path / "run", tmp_path / "job.out"
     env = {**slurm_cluster.env, "OPT_CONFIG": "tiny", "OPT_OUT_DIR": str(run_dir),
            # Both "nodes" are this host, and another test cluster's job may have our job id (and so

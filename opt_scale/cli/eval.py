@@ -1,4 +1,5 @@
-"""``opt-eval``: what a checkpoint can do — retrieval, captioning, text-to-image.
+"""``opt-eval``: what a checkpoint can do — retrieval, captioning, text-to-image,
+and a fine-tuned model's VQA accuracy or classification top-1 / mAP.
 
 CHECKPOINT is an ``opt-export`` directory, a DeepSpeed checkpoint directory,
 or a run directory (its newest complete checkpoint). Runs on one process, or
@@ -68,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("--beam", type=int, default=3, help="beam width (1: greedy)")
     c.add_argument("--show", type=int, default=5, help="print this many example captions")
+    q = sub.add_parser("vqa", help="VQA accuracy (official, per answer type) of a model fine-tuned with "
+                                   "opt-train --task vqa, beside chance and the answer prior",
+                       formatter_class=DefaultsHelpFormatter)
+    _common(q)
+    k = sub.add_parser("classify", help="top-1 and mAP of a model fine-tuned with opt-train --task classify, beside "
+                                        "chance and the majority class", formatter_class=DefaultsHelpFormatter)
+    _common(k)
     g = sub.add_parser("generate", help="text-to-image through the image decoder and the VQ decoder",
                        formatter_class=DefaultsHelpFormatter)
     _common(g, shards=False)
@@ -147,6 +155,36 @@ def print_attributes(by_source: dict) -> None:
         scored = next(iter(by_source.values()))
         print_table(rows, title=f"attributes named right, over {scored['samples']} single-object captions "
                                 f"(demo vocabulary; {scored['skipped']} others skipped)")
+
+
+def _labels(args: argparse.Namespace, net, batches, device, rank: int, result: dict) -> None:
+    from opt_scale.bench.report import print_table
+    from opt_scale.eval.labels_eval import gather_predictions, predict, score_classes, score_vqa
+    try:
+        keys, logits, targets = gather_predictions(*predict(net, batches, device))
+    except ValueError as err:  # no label head: the wrong model for this command
+        raise UsageError(f"{args.command}: --checkpoint {args.checkpoint}: {err}") from err
+    if not targets:
+        raise UsageError(f"{args.command}: --shards {args.shards} holds no labelled samples (build them from "
+                         "`opt-shards pairs --format vqa|classes|imagefolder` records)")
+    names = net.tasks.label.names
+    if args.command == "vqa":
+        result.update(score_vqa(names, logits, targets))
+        if rank == 0:
+            rows = [{"answer type": k, "questions": v["questions"], "accuracy": v["accuracy"],
+                     "answer prior": v["answer_prior"]} for k, v in result["by_type"].items()]
+            rows.append({"answer type": "all", "questions": result["samples"], "accuracy": result["accuracy"],
+                         "answer prior": result["answer_prior"]})
+            print_table(rows, title=f"VQA accuracy (%) over {result['samples']} held-out questions, "
+                                    f"{len(names)} answers (chance {result['chance']:.1f}); answer prior = the best "
+                                    "single answer per answer type")
+    else:
+        result.update(score_classes(names, logits, targets))
+        if rank == 0:
+            print_table([{"samples": result["samples"], "top-1": result["top1"], "chance": result["chance_top1"],
+                          "majority": result["majority_top1"], "mAP": result["mAP"],
+                          "mAP chance": result["chance_mAP"]}],
+                        title=f"classification over {result['samples']} held-out samples, {len(names)} labels (%)")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -241,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             result.update(evaluate_matching(net, data, device, args.seed, rank=rank, world_size=world))
             if rank == 0:
                 print_matching(result)
+        elif args.command in ("vqa", "classify"):
+            _labels(args, net, batches, device, rank, result)
         else:
             from opt_scale.eval.captioning import SOURCES, caption_set, gather_captions, score_captions
             caps = gather_captions(caption_set(OPTGenerator(net, tok), batches, args.beam))

@@ -44,14 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. --set train.steps=100 model.cross.layers=4; sections: "
                         "model.{text,vision,audio,cross,text_decoder,image_decoder,vq}, "
-                        "tasks.{mlm,mvm,mam,modality_mask,dtr,dir,matching,contrastive}, data, train. "
+                        "tasks.{mlm,mvm,mam,modality_mask,dtr,dir,matching,contrastive,label}, data, train. "
                         "Unknown keys are refused. See --print-config for every key and its value")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="what to train: pretrain (OPT, all pretext tasks), vq (the image tokenizer whose codes "
                         "MVM/DIR predict; writes <out_dir>/vq.safetensors), or fine-tune a pre-trained OPT "
-                        "(train.init_from) for caption (from images), asr (from speech) or retrieval "
-                        "(contrastive + matching): sets train.task and, for fine-tuning, the task weights, "
-                        "before any --set")
+                        "(train.init_from) for caption (from images), asr (from speech), retrieval "
+                        "(contrastive + matching), vqa (answers from question + image; data.labels) or classify "
+                        "(a linear layer on the frozen image tower; data.labels): sets train.task and, for "
+                        "fine-tuning, the task weights, before any --set")
     p.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None, metavar="N",
                    help="start N local ranks (torch's elastic launcher, in this process) after checking the "
                         "inputs once; exits with the ranks' meaning: 2 bad input, 75 checkpointed on a signal "

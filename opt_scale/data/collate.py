@@ -52,6 +52,10 @@ class Collator:
         self.tasks = tasks_cfg
         self.tokenizer = tokenizer
         self.seed = seed
+        # vqa / classify: each sample's label scores, over the run's vocabulary
+        # (labels outside it score nothing, as VQA's rare answers).
+        names = tasks_cfg.label.names if tasks_cfg.label.weight > 0 else ()
+        self.label_index = {name: i for i, name in enumerate(names)}
 
     def __call__(self, samples: list[DecodedSample], epoch: int) -> dict:
         return self.assemble(samples, [self.draw(s, epoch) for s in samples])
@@ -139,7 +143,24 @@ class Collator:
             "match_label": torch.tensor([d.match_label for d in draws]),
             "match_keep": stack("match_keep"),
             "match_u": stack("match_u"),
+            **self.stack_labels(samples),
         }
+
+    def stack_labels(self, samples: list[DecodedSample]) -> dict:
+        """``label_targets`` [n, labels] soft scores and ``labelled`` [n] (the
+        sample has targets), in a run with a label vocabulary; else nothing."""
+        if not self.label_index:
+            return {}
+        targets = torch.zeros(len(samples), len(self.label_index))
+        labelled = torch.zeros(len(samples), dtype=torch.bool)
+        for i, s in enumerate(samples):
+            found = s.meta.get("targets")
+            if found:
+                labelled[i] = True
+                for label, score in found["labels"].items():
+                    if label in self.label_index:
+                        targets[i, self.label_index[label]] = score
+        return {"label_targets": targets, "labelled": labelled}
 
 
 def mel_on_device(batch: dict, n_mels: int) -> dict:

@@ -16,6 +16,9 @@ class DataConfig:
     train_weights: tuple[float, ...] = ()
     eval_shards: str = ""        # held-out shards for periodic evaluation (train.eval_every)
     tokenizer: str = ""          # SentencePiece .model (opt-shards train-tokenizer)
+    # The label vocabulary of a vqa or classify run: the .labels.json that
+    # `opt-shards pairs --format vqa|classes|imagefolder` writes beside its records.
+    labels: str = ""
     num_workers: int = 2         # loader processes per rank
     prefetch_factor: int = 4     # batches each worker keeps ready
     shuffle_block: int = 256     # samples read in order, then permuted together

@@ -15,6 +15,7 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 @dataclass
 class TrainConfig:
     task: str = "pretrain"           # pretrain | vq (the image tokenizer MVM/DIR need) | caption | asr | retrieval
+                                     # | vqa | classify
     init_from: str = ""              # fine-tuning: start from these weights (an opt-export, checkpoint or run dir)
     steps: int = 300                 # optimizer steps
     micro_batch_size: int = 8        # samples per rank per forward

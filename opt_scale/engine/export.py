@@ -93,10 +93,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unique, aliases = split_aliases(consolidate(tag_dir))
-    meta = {"format": EXPORT_FORMAT, "task": config["train"]["task"], "step": str(marker["step"]),
-            "aliases": json.dumps(aliases), "source": str(tag_dir.resolve())}
-    save_file(unique, str(out / "model.safetensors"), metadata=meta)
     run_dir = tag_dir.parent.parent
+    # No absolute path leaves the machine in an export: the source is named by
+    # its run and checkpoint, the config's paths by their last component.
+    meta = {"format": EXPORT_FORMAT, "task": config["train"]["task"], "step": str(marker["step"]),
+            "aliases": json.dumps(aliases), "source": f"{run_dir.name}/{tag_dir.parent.name}/{tag_dir.name}"}
+    save_file(unique, str(out / "model.safetensors"), metadata=meta)
     for name in ("tokenizer.model",):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
@@ -105,8 +107,33 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if vq_path and Path(vq_path).is_file():
         shutil.copyfile(vq_path, out / "vq.safetensors")
         config["model"]["vq"]["checkpoint"] = "vq.safetensors"
+    config = without_absolute_paths(config)
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    from .model_card import write_model_card
+    write_model_card(out, config, int(marker["step"]), run_dir, len(unique), sum(t.numel() for t in unique.values()))
+    readable_by_group(out)
     return out
+
+
+def without_absolute_paths(value):
+    """``value`` (a config) with each absolute path, alone or in a comma list,
+    reduced to its last component (where a file was is not part of a model)."""
+    if isinstance(value, dict):
+        return {k: without_absolute_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_absolute_paths(v) for v in value]
+    if isinstance(value, str) and "/" in value and any(p.strip().startswith("/") for p in value.split(",")):
+        return ",".join(Path(p.strip()).name if p.strip().startswith("/") else p for p in value.split(","))
+    return value
+
+
+def readable_by_group(directory: Path) -> None:
+    """The export's files readable (its directory searchable) by the group, whatever the umask:
+    a model is exported to be shared."""
+    import stat
+    for path in [directory, *directory.iterdir()]:
+        extra = stat.S_IRGRP | (stat.S_IXGRP if path.is_dir() else 0)
+        path.chmod(path.stat().st_mode | extra)
 
 
 def load_export_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -58,13 +58,17 @@ def _load(model: torch.nn.Module, path: str, tokenizer: Tokenizer) -> str | None
     state = source.net.state_dict()
     own = model.state_dict()
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in state]
+    # A downstream head (vqa, classify) new to the pre-trained model starts from its own initialisation.
+    new_head = [k for k in own if k not in state and k.startswith("label.")]
+    missing = [k for k in own if k not in state and k not in new_head]
     if wrong or missing:
         detail = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here" if wrong
                   else f"it has no {missing[0]}")
         return (f"its model differs from this run's ({detail}): use the model config of the run it came from "
                 "(model.* in its config.json)")
-    model.load_state_dict({k: state[k] for k in own})
+    model.load_state_dict({k: state[k] for k in own if k not in new_head}, strict=not new_head)
+    if new_head:
+        log.info("init_from: the label head (%d tensors) is new: initialised, not loaded", len(new_head))
     return None
 
 

@@ -66,6 +66,25 @@ def fill_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> None:
                           f"{tokenizer.path} has {tokenizer.vocab_size} pieces; set it to 0 to follow the tokenizer")
 
 
+def fill_labels(cfg: RunConfig) -> None:
+    """tasks.label.names from data.labels (a vqa or classify run): the head's
+    size, and, through the run's config.json, every later reader's vocabulary."""
+    if not cfg.data.labels:
+        return
+    try:
+        names = json.loads(Path(cfg.data.labels).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config key 'data.labels': cannot read {cfg.data.labels} ({exc})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"config key 'data.labels': {cfg.data.labels} is not a non-empty JSON list of labels")
+    if cfg.tasks.label.names and tuple(cfg.tasks.label.names) != tuple(names):
+        raise ConfigError(f"config key 'data.labels': {cfg.data.labels} differs from tasks.label.names; "
+                          "set one of them")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config key 'data.labels': {cfg.data.labels} names a label twice")
+    cfg.tasks.label.names = tuple(names)
+
+
 def build_model(cfg: RunConfig, ds_cfg: dict) -> torch.nn.Module:
     """The task's module as the trainer and the benchmarks train it; to be
     passed to ``deepspeed.initialize`` (train.compile marks ZeRO-3 leaves)."""
@@ -161,6 +180,7 @@ class Trainer:
         self.pretraining = trains_opt(cfg.train.task)  # the OPT module (pre-training or fine-tuning), not the VQ
         self.tokenizer = Tokenizer(cfg.data.tokenizer)
         fill_vocab(cfg, self.tokenizer)
+        fill_labels(cfg)
         self.shards = resolve_mixture(cfg.data.train_shards, cfg.data.train_weights, cfg.data.seed)
         self.ds_cfg = build_ds_config(cfg.train, self.world)
         self.global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * self.world

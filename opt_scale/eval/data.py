@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from opt_scale.data.decode import SampleDecoder, SampleError
@@ -24,6 +25,8 @@ class EvalBatch:
     pixels: torch.Tensor
     mel: torch.Tensor
     mel_len: torch.Tensor
+    present: torch.Tensor | None = None     # [B, 3] bool: text, image, audio in the sample
+    targets: list[dict | None] | None = None  # labelled samples' targets (labels, answers, label_type)
 
 
 def iter_eval_batches(shards: str, model_cfg: ModelConfig, tokenizer: Tokenizer, batch_size: int,
@@ -86,6 +89,9 @@ def collate(samples, pad_id: int, n_mels: int) -> EvalBatch:
     for i, s in enumerate(samples):
         text[i, : len(s.text_ids)] = torch.from_numpy(s.text_ids)
         mel[i, : s.mel.shape[0]] = s.mel
-    return EvalBatch(keys=[s.key for s in samples], image_ids=[s.meta.get("image_id", s.key) for s in samples],
+    metas = [s.meta for s in samples]
+    return EvalBatch(keys=[s.key for s in samples], image_ids=[m.get("image_id", s.key) for s, m in zip(samples, metas)],
                      captions=[s.caption for s in samples], text_ids=text, text_len=text_len,
-                     pixels=torch.stack([s.pixels for s in samples]), mel=mel, mel_len=mel_len)
+                     pixels=torch.stack([s.pixels for s in samples]), mel=mel, mel_len=mel_len,
+                     present=torch.from_numpy(np.stack([s.present for s in samples])),
+                     targets=[m.get("targets") for m in metas])

@@ -12,7 +12,8 @@ from opt_scale.utils.config_tools import require
 
 MATCHING_CLASSES = ("image_audio_swapped", "image_swapped", "audio_swapped",
                     "image_and_audio_swapped_apart", "matched")
-TASK_NAMES = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive")
+TASK_NAMES = ("mlm", "mvm", "mam", "dtr", "dir", "matching", "contrastive", "label")
+MODALITY_NAMES = ("text", "image", "audio")
 SCHEDULES = ("sum", "sample")
 DTR_MEMORIES = ("pretrain", "image", "audio", "both")
 
@@ -155,6 +156,45 @@ class ContrastiveConfig:
 
 
 @dataclass
+class LabelConfig:
+    """Labels predicted from the fused or pooled inputs: the downstream
+    ``vqa`` and ``classify`` tasks (``opt-train --task``), off in pre-training.
+
+    Targets are soft scores over ``names`` (the vocabulary ``data.labels``
+    names, filled in at the start of a run): VQA's answer scores, or one or
+    several classes of a sample (see data_prep/labelled.py)."""
+    weight: float = 0.0          # loss weight of the label head; 0: off (pre-training)
+    modalities: tuple[str, ...] = ("text", "image")  # what the head sees of each sample
+    # "cls": the cross-modal encoder's [CLS] over the shown modalities (VQA, as
+    # the paper); "pooled": each shown tower's pooled output (tasks.contrastive.pool),
+    # concatenated: what a linear probe of the towers reads.
+    features: str = "cls"
+    head: str = "mlp"            # "mlp" (hidden x2, GELU, LayerNorm: UNITER/OPT's VQA head) or "linear"
+    # "bce": independent sigmoid per label against the soft scores (VQA,
+    # multi-label); "ce": softmax over the labels (one class per sample; its
+    # target the normalised scores).
+    loss: str = "bce"
+    # Only the head trains; every other weight stays as init_from gave it
+    # (the paper's frozen-model linear classification).
+    frozen: bool = False
+    # The new head learns at lr x lr_mult (UNITER/OPT's VQA output layer: x10),
+    # the pre-trained weights under it at lr.
+    lr_mult: float = 10.0
+    names: tuple[str, ...] = ()  # the label vocabulary; filled from data.labels
+
+    def validate(self) -> None:
+        require(self.features in ("cls", "pooled"), "tasks.label.features",
+                f"must be cls or pooled, got {self.features!r}")
+        require(self.head in ("mlp", "linear"), "tasks.label.head", f"must be mlp or linear, got {self.head!r}")
+        require(self.loss in ("bce", "ce"), "tasks.label.loss", f"must be bce or ce, got {self.loss!r}")
+        require(bool(self.modalities) and set(self.modalities) <= set(MODALITY_NAMES)
+                and len(set(self.modalities)) == len(self.modalities), "tasks.label.modalities",
+                f"must be distinct names among {', '.join(MODALITY_NAMES)}, got {self.modalities!r}")
+        require(len(set(self.names)) == len(self.names), "tasks.label.names", "has a label twice")
+        require(self.lr_mult > 0, "tasks.label.lr_mult", f"must be positive, got {self.lr_mult}")
+
+
+@dataclass
 class TasksConfig:
     # "sum": every task's loss every step (weighted). "sample": one task per
     # step, drawn in proportion to the weights from (data.seed, step), as the
@@ -168,6 +208,7 @@ class TasksConfig:
     dir: DIRConfig = field(default_factory=DIRConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
     def validate(self) -> None:
         require(self.schedule in SCHEDULES, "tasks.schedule",

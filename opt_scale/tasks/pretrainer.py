@@ -14,7 +14,10 @@ and clean inputs), then the cross-modal encoder once over four views:
   condition captioning runs in;
 * *dir*: likewise, clean text and audio, the image dropped: the image decoder's memory;
 * *matching*: clean text with the image and/or audio of hard negatives from
-  the global batch (:mod:`.matching`), for the 5-way [CLS] head.
+  the global batch (:mod:`.matching`), for the 5-way [CLS] head;
+* *label* (the downstream vqa and classify tasks only, :mod:`.labels`): the
+  clean modalities ``tasks.label.modalities`` names, for the label head
+  (read from the [CLS], or from the towers' pooled outputs without a fused pass).
 
 The clean towers' pooled outputs also feed the contrastive task
 (:mod:`.contrastive`), gathered across ranks.
@@ -41,9 +44,10 @@ from opt_scale.model.registry import part_class
 from opt_scale.model.vq import VQTokenizer
 
 from .config import TasksConfig
-from .contrastive import ContrastiveHead
+from .contrastive import POOLS, ContrastiveHead
 from .gather import gather_rows
 from .heads import MaskedTokenHead, MatchingHead, pair_cosines
+from .labels import LabelHead
 from .mam import MAMHead
 from .matching import content_blind_accuracy, mine_partners
 from .schedule import TaskSchedule, ViewRows
@@ -80,6 +84,15 @@ def sample_modalities(batch: dict) -> torch.Tensor:
     return present
 
 
+def label_targets(batch: dict, rows: int, labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``rows`` samples' soft label scores [rows, labels] and which
+    of them have labels [rows] (a batch without any: zeros, none scored)."""
+    if "label_targets" in batch:
+        return batch["label_targets"][:rows], batch["labelled"][:rows]
+    device = batch["text_ids"].device
+    return torch.zeros(rows, labels, device=device), torch.zeros(rows, dtype=torch.bool, device=device)
+
+
 def _local_rows(x: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, None]:
     return x, None
 
@@ -106,9 +119,17 @@ class OPTPretrainer(nn.Module):
             model_cfg.image_decoder, model_cfg.vq.codebook_size + 1, model_cfg.vision.num_patches, d)
         self.matching = MatchingHead(d, similarity_features=tasks_cfg.matching.similarity_features)
         self.contrastive = ContrastiveHead(d, tasks_cfg.contrastive)
+        # Only a model with a label vocabulary (vqa, classify) has the head: pre-trained checkpoints stay as they were.
+        label = tasks_cfg.label
+        self.label = (LabelHead(d if label.features == "cls" else d * len(label.modalities), label)
+                      if label.names else None)
         self._vq = [vq]  # a list hides it from nn.Module: not partitioned, not optimised, not saved
         if model_cfg.activation_checkpointing:
             enable_activation_checkpointing(self)
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter-name prefix -> learning-rate factor (engine/optim.py param_groups)."""
+        return {"label.": self.tasks.label.lr_mult} if self.label is not None else {}
 
     @property
     def vq(self) -> VQTokenizer | None:
@@ -130,11 +151,13 @@ class OPTPretrainer(nn.Module):
         clean_view = (clean["text"], clean["image"], clean["audio"])
         views = [(masked, batch["modality_keep"], n.masked), (clean_view, batch["dtr_keep"], n.dtr),
                  (clean_view, batch["dir_keep"], n.dir), (matching_view, batch["match_keep"], n.matching)]
+        if self.label is not None and self.tasks.label.features == "cls":
+            views.append((clean_view, self.label_keep(batch), n.label))
         towers = tuple(cat_rows(*((tower[m][0][:rows], tower[m][1][:rows]) for tower, _, rows in views))
                        for m in range(3))
         keep = torch.cat([k[:rows] for _, k, rows in views])
         out = self.model.fuse(towers, keep)
-        bounds = torch.tensor([0, n.masked, n.dtr, n.dir, n.matching]).cumsum(0).tolist()
+        bounds = torch.tensor([0] + [rows for _, _, rows in views]).cumsum(0).tolist()
         rows_of = lambda v: slice(bounds[v], bounds[v + 1])  # noqa: E731
 
         codes = self._vq_codes(batch["pixels"][:max(n.masked, n.dir)])
@@ -144,13 +167,47 @@ class OPTPretrainer(nn.Module):
         losses["matching"], metrics["acc/matching"], _ = self.matching(
             out.cls[m], batch["match_label"][:n.matching], similarities, shown_pairs(batch["match_keep"][:n.matching]))
         metrics["acc/matching_blind"] = torch.tensor(self.matching_blind)
+        if self.label is not None:
+            features = out.cls[rows_of(4)] if self.tasks.label.features == "cls" else \
+                self.pooled_features(clean, self.label_keep(batch)[:n.label], n.label)
+            targets, scored = label_targets(batch, n.label, len(self.tasks.label.names))
+            losses["label"], metrics["acc/label"], _ = self.label(features, targets, scored)
 
         total = sum(weights[k] * v for k, v in losses.items())
         shown = {k: v for k, v in losses.items() if weights[k] > 0}  # sample: only the trained task is logged
         metrics = {k: v for k, v in metrics.items() if not k.startswith("acc/matching") or weights["matching"] > 0}
         if weights["mam"] == 0:
             metrics.pop("acc/mam", None)
+        if weights["label"] == 0:
+            metrics.pop("acc/label", None)
         return {"loss": total, **{f"loss/{k}": v for k, v in shown.items()}, **metrics}
+
+    # -- the label view (vqa, classify) ----------------------------------
+
+    def label_keep(self, batch: dict) -> torch.Tensor:
+        """[B, 3] bool: the modalities tasks.label.modalities names, where the sample has them."""
+        wanted = torch.tensor([m in self.tasks.label.modalities for m in ("text", "image", "audio")],
+                              device=batch["text_ids"].device)
+        return sample_modalities(batch) & wanted
+
+    def pooled_features(self, clean: dict, keep: torch.Tensor, rows: int) -> torch.Tensor:
+        """The shown towers' pooled outputs, concatenated in tasks.label.modalities' order (zeros where absent)."""
+        pool = POOLS[self.tasks.contrastive.pool]
+        index = {"text": TEXT, "image": IMAGE, "audio": AUDIO}
+        return torch.cat([pool(clean[m][0][:rows], clean[m][1][:rows]) * keep[:, index[m], None].to(clean[m][0].dtype)
+                          for m in self.tasks.label.modalities], dim=1)
+
+    def predict_labels(self, text_ids, text_len, pixels, mel, mel_len, present: torch.Tensor) -> torch.Tensor:
+        """Label logits [B, labels] of unmasked inputs (opt-eval vqa / classify)."""
+        towers = self.model.encode_towers(text_ids, text_len, pixels, mel, mel_len)
+        batch = {"text_ids": text_ids, "present": present}
+        keep = self.label_keep(batch)
+        if self.tasks.label.features == "cls":
+            features = self.model.fuse(towers, keep).cls
+        else:
+            clean = dict(zip(("text", "image", "audio"), towers))
+            features = self.pooled_features(clean, keep, len(text_ids))
+        return self.label(features)
 
     # -- parts of the step ----------------------------------------------
 

@@ -3,7 +3,7 @@
 * ``pretrain`` — OPT with every pretext task (needs the frozen VQ tokenizer
   when MVM or DIR is on);
 * ``vq`` — the VQ image tokenizer that supplies those targets;
-* ``caption``, ``asr``, ``retrieval`` — fine-tuning a pre-trained OPT
+* ``caption``, ``asr``, ``retrieval``, ``vqa``, ``classify`` — fine-tuning a pre-trained OPT
   (``train.init_from``) on the same engine (ZeRO-3, exact resume,
   TensorBoard, Slurm): the OPT module with only the tasks that teach the
   downstream job, set by :data:`FINETUNE` (``opt-train --task NAME`` applies
@@ -11,7 +11,12 @@
   captioning is DTR from the image alone, speech recognition DTR from the
   audio alone (a narrative's caption is the transcript of its recording),
   retrieval the contrastive and matching tasks (hard negatives, as the
-  public code's ``finetune_itm``).
+  public code's ``finetune_itm``); vqa and classify the label head
+  (:mod:`.labels`) over ``data.labels``: VQA from the question and the image's
+  [CLS] through an MLP against soft answer scores, classification a linear
+  layer on the frozen image tower's pooled output (the paper's frozen model +
+  linear layer; ``tasks.label.frozen=false`` fine-tunes it all,
+  ``tasks.label.modalities=audio`` or ``image,audio`` classifies those).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from opt_scale.utils.config_tools import ConfigError
 
 from .config import TASK_NAMES
 
-TASKS = ("pretrain", "vq", "caption", "asr", "retrieval")
+TASKS = ("pretrain", "vq", "caption", "asr", "retrieval", "vqa", "classify")
 FINETUNE: dict[str, dict[str, object]] = {
     "caption": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "image"},
     "asr": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "audio"},
     "retrieval": {"tasks.contrastive.weight": 1, "tasks.matching.weight": 1, "tasks.matching.hard_negatives": True},
+    "vqa": {"tasks.label.weight": 1, "tasks.label.modalities": "text,image", "tasks.label.features": "cls",
+            "tasks.label.head": "mlp", "tasks.label.loss": "bce", "tasks.label.frozen": False},
+    "classify": {"tasks.label.weight": 1, "tasks.label.modalities": "image", "tasks.label.features": "pooled",
+                 "tasks.label.head": "linear", "tasks.label.loss": "ce", "tasks.label.frozen": True},
 }
 
 
@@ -51,7 +60,12 @@ def build_task_module(cfg, frozen_vq=None) -> nn.Module:
         return VQTraining(cfg.model)
     if cfg.train.task in TASKS:
         from .pretrainer import OPTPretrainer
-        return OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq, seed=cfg.data.seed)
+        module = OPTPretrainer(cfg.model, cfg.tasks, vq=frozen_vq, seed=cfg.data.seed)
+        if cfg.tasks.label.frozen and module.label is not None:
+            # Only the head learns; frozen weights get no gradient, no optimizer state, no update.
+            for name, param in module.named_parameters():
+                param.requires_grad_(name.startswith("label."))
+        return module
     raise ConfigError(f"config key 'train.task': unknown task {cfg.train.task!r} (known: {', '.join(TASKS)})")
 
 

@@ -54,10 +54,12 @@ class ViewRows:
     dtr: int             # ... of the text decoder's memory
     dir: int             # ... of the image decoder's memory
     matching: int        # ... of the matching view
+    label: int           # ... of the label view (vqa, classify)
 
     @classmethod
     def plan(cls, batch: int, active: set[str]) -> "ViewRows":
         rows = lambda *tasks: batch if active & set(tasks) else 1  # noqa: E731
         return cls(masked_towers=rows("mlm", "mvm", "mam"),
-                   clean_towers=rows("matching", "contrastive", "mam", "dtr", "dir"),
-                   masked=rows("mlm", "mvm", "mam"), dtr=rows("dtr"), dir=rows("dir"), matching=rows("matching"))
+                   clean_towers=rows("matching", "contrastive", "mam", "dtr", "dir", "label"),
+                   masked=rows("mlm", "mvm", "mam"), dtr=rows("dtr"), dir=rows("dir"), matching=rows("matching"),
+                   label=rows("label"))
