@@ -37,7 +37,8 @@ demo-eval: setup
 	@VENV=$(VENV) scripts/demo_eval.sh
 
 # Optional, after `make demo`: fine-tune the demo model for captioning (from
-# images) and speech recognition (from audio), each scored against the
-# pre-trained model on the held-out samples -> runs/demo/finetune/
+# images), speech recognition (from audio), retrieval, VQA (questions about
+# the demo's scenes) and shape classification (a linear layer on the frozen
+# image tower), each scored on the held-out samples -> runs/demo/finetune/
 demo-finetune: setup
 	@VENV=$(VENV) scripts/demo_finetune.sh

@@ -195,6 +195,7 @@ def test_a_label_step_reads_the_targets_and_reaches_every_module(labelled, demo_
         assert trainable == ["label.net.weight", "label.net.bias"]
     # The new head learns at tasks.label.lr_mult x the rate of the pre-trained weights under it.
     from opt_scale.engine.optim import param_groups
+    net.tasks.label.lr_mult = 10.0
     groups = param_groups(net, 0.01, 1e-4)
     head = {id(p) for p in net.label.parameters()}
     for g in groups:

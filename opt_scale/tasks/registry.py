@@ -33,9 +33,11 @@ FINETUNE: dict[str, dict[str, object]] = {
     "asr": {"tasks.dtr.weight": 1, "tasks.dtr.memory": "audio"},
     "retrieval": {"tasks.contrastive.weight": 1, "tasks.matching.weight": 1, "tasks.matching.hard_negatives": True},
     "vqa": {"tasks.label.weight": 1, "tasks.label.modalities": "text,image", "tasks.label.features": "cls",
-            "tasks.label.head": "mlp", "tasks.label.loss": "bce", "tasks.label.frozen": False},
+            "tasks.label.head": "mlp", "tasks.label.loss": "bce", "tasks.label.frozen": False,
+            "tasks.label.lr_mult": 1},
     "classify": {"tasks.label.weight": 1, "tasks.label.modalities": "image", "tasks.label.features": "pooled",
-                 "tasks.label.head": "linear", "tasks.label.loss": "ce", "tasks.label.frozen": True},
+                 "tasks.label.head": "linear", "tasks.label.loss": "ce", "tasks.label.frozen": True,
+                 "tasks.label.lr_mult": 10},
 }
 
 
