@@ -18,7 +18,7 @@ def exported_and_reference(trained_run, tmp_path_factory):
     out = tmp / "export"
     run_cli(["opt-export", str(trained_run), "--out", str(out)], timeout=300)
     # DeepSpeed writes zero_to_fp32.py next to the checkpoints; run it as users
-    # do. (Its --safe_serialization refuses our tied weights, so: pickle.)
+    # do (pickled here; its --safe_serialization is tested in test_train_e2e).
     ckpts = trained_run / "checkpoints"
     ref_dir = tmp / "zero_to_fp32"
     run_cli([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(ref_dir), "--tag", "step_00000004"],
