@@ -182,14 +182,17 @@ def write_labelled(path: str, fmt: str, out: str, annotations: str = "", image_n
                    image_key: str = "image", audio_key: str = "", label_key: str = "label", label_sep: str = "|",
                    min_label_count: int = 1, max_labels: int = 0) -> tuple[int, int]:
     """Write the records and their vocabulary (both atomically); (records, labels)."""
-    if fmt == "vqa":
-        recs = list(vqa_records(path, annotations, image_name))
-    elif fmt == "classes":
-        if not os.path.isfile(path):
-            raise PairsError(f"{path}: no such file")
-        recs = list(class_records(path, image_key, audio_key, label_key, label_sep))
-    else:
-        recs = list(imagefolder_records(path))
+    try:
+        if fmt == "vqa":
+            recs = list(vqa_records(path, annotations, image_name))
+        elif fmt == "classes":
+            if not os.path.isfile(path):
+                raise PairsError(f"{path}: no such file")
+            recs = list(class_records(path, image_key, audio_key, label_key, label_sep))
+        else:
+            recs = list(imagefolder_records(path))
+    except (KeyError, TypeError, AttributeError) as exc:  # an entry without a field its format requires
+        raise PairsError(f"{path}: not a valid --format {fmt} input ({type(exc).__name__}: {exc})") from None
     vocab = label_vocabulary(recs, min_label_count, max_labels)
     for rec in recs:
         rec.pop("chosen")
